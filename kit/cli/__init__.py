@@ -1,0 +1,21 @@
+"""The ``kit`` command line: thin commands over library functions."""
+
+from __future__ import annotations
+
+import typer
+
+from kit.cli import check, data_tools, synth
+
+app = typer.Typer(
+    name="kit",
+    help="Kaggle competition kit for dense facial landmarks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+for module in (synth, check, data_tools):
+    module.register(app)
+
+
+def main() -> None:
+    app()

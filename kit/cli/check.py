@@ -1,0 +1,32 @@
+"""``kit check``: validate a competition folder and print a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kit.cli._common import console, handle_errors, progress_bar
+
+
+@handle_errors
+def check(
+    data_dir: Annotated[Path, typer.Argument(help="Competition folder (train/, test/).")],
+    decode: Annotated[bool, typer.Option(help="Decode every image (slower, catches corrupt files).")] = True,
+) -> None:
+    """Validate tables and images; derive and store the left/right flip permutation."""
+    from kit.data.check import check_competition
+    from kit.data.competition import Competition
+
+    comp = Competition.load(data_dir)
+    total = len(comp.train) + len(comp.test)
+    with progress_bar(total, "images") as advance:
+        summary = check_competition(data_dir, decode=decode, progress=advance)
+    for line in summary.lines():
+        console.print(line, highlight=False)
+    console.print("[green]ok[/green]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(check)

@@ -1,0 +1,54 @@
+"""``kit folds`` and ``kit score``: the shared split and the competition metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kit.cli._common import console, handle_errors
+
+
+@handle_errors
+def folds(
+    data_dir: Annotated[Path, typer.Argument(help="Competition folder.")],
+    k: Annotated[int, typer.Option("--k", min=2, help="Number of folds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Shuffle seed; the same seed gives the same split.")] = 42,
+    groups: Annotated[
+        Path | None, typer.Option(help="CSV 'file_name,group' (default: train/groups.csv when present).")
+    ] = None,
+) -> None:
+    """Write folds.csv (file_name, fold) beside the data: the one split every model uses."""
+    from kit.data.competition import Competition
+    from kit.data.folds import make_folds, read_groups, write_folds
+
+    comp = Competition.load(data_dir)
+    groups = groups or (comp.root / "train" / "groups.csv")
+    labels = read_groups(groups, comp.train.file_names) if groups.is_file() else None
+    table = make_folds(comp.train.file_names, k=k, seed=seed, groups=labels)
+    digest = write_folds(comp.folds_csv, table)
+    counts = ", ".join(str(n) for n in table["fold"].value_counts().sort_index())
+    grouped = " (grouped)" if labels is not None else ""
+    console.print(f"wrote {comp.folds_csv}: {k} folds{grouped} of {counts} images, sha256 {digest[:12]}")
+
+
+@handle_errors
+def score(
+    submission: Annotated[Path, typer.Argument(help="Submission CSV.")],
+    data: Annotated[Path, typer.Option(help="Competition folder with private/test_landmarks.csv.")],
+) -> None:
+    """Score a submission against the private test answers: prints ``MSE <value>``."""
+    from kit.data.competition import Competition
+    from kit.metrics import mse
+    from kit.submit.format import select_requested, validate_submission
+
+    comp = Competition.load(data)
+    predicted = validate_submission(submission, comp.test)
+    truth = select_requested(comp.private_answers().points, comp.test)
+    console.print(f"MSE {mse(predicted, truth):.4f}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(folds)
+    app.command()(score)
