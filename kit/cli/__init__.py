@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kit.cli import check, data_tools, synth
+from kit.cli import blend, check, data_tools, submit, synth, train
 
 app = typer.Typer(
     name="kit",
@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-for module in (synth, check, data_tools):
+for module in (synth, check, data_tools, train, blend, submit):
     module.register(app)
 
 

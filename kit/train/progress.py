@@ -1,0 +1,38 @@
+"""Progress reporting for training: a silent default, and a rich one for the terminal."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Reporter(Protocol):
+    def start_epoch(self, fold: int, epoch: int, epochs: int, n_batches: int) -> None: ...
+
+    def batch(self, loss: float, images_per_second: float) -> None: ...
+
+    def end_epoch(self, fold: int, epoch: int, stats: dict) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+class SilentReporter:
+    def start_epoch(self, fold: int, epoch: int, epochs: int, n_batches: int) -> None:
+        pass
+
+    def batch(self, loss: float, images_per_second: float) -> None:
+        pass
+
+    def end_epoch(self, fold: int, epoch: int, stats: dict) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+def format_epoch(fold: int, epoch: int, stats: dict) -> str:
+    best = " *" if stats.get("is_best") else ""
+    return (
+        f"fold {fold} epoch {epoch + 1}/{stats['epochs']}  loss {stats['train_loss']:.4f}  "
+        f"valid MSE {stats['valid_mse']:.3f}  {stats['images_per_second']:.0f} img/s  "
+        f"({stats['train_seconds']:.1f}s + {stats['valid_seconds']:.1f}s){best}"
+    )
