@@ -1,0 +1,85 @@
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from kit.config import Pipeline
+from kit.errors import KitError
+from kit.models import create_model, list_families
+from kit.models.regression import from_normalised, to_normalised
+from kit.models.weights import import_package_weights
+
+
+def _pipeline(**model):
+    return Pipeline.model_validate({"name": "t", "model": {"backbone": "test_resnet", **model}, "input": {"size": 32}})
+
+
+def test_regression_outputs_points_and_starts_at_mean_shape():
+    model = create_model(_pipeline(), n_points=7)
+    mean = torch.rand(7, 2) * 31
+    model.set_mean_shape(mean)
+    out = model(torch.randn(3, 3, 32, 32))
+    assert out.shape == (3, 7, 2)
+    torch.testing.assert_close(model.decode(out), mean.expand(3, 7, 2), atol=1e-4, rtol=0)
+
+
+def test_normalised_coordinates_round_trip_and_span_the_edges():
+    points = torch.rand(10, 2) * 64 - 0.5
+    torch.testing.assert_close(from_normalised(to_normalised(points, 64), 64), points)
+    assert to_normalised(torch.tensor([-0.5, 63.5]), 64).tolist() == [-1.0, 1.0]
+
+
+def test_unknown_family_and_backbone_name_choices():
+    with pytest.raises(KitError, match="unknown timm model 'no_such_net'"):
+        create_model(_pipeline(backbone="no_such_net"), n_points=3)
+    assert "regression" in list_families()
+
+
+def test_pretrained_file_drops_classifier_and_loads(tmp_path):
+    reference = timm.create_model("test_resnet", num_classes=10)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    model = create_model(_pipeline(pretrained={"source": "file", "path": str(path)}), n_points=3)
+    for key, value in model.backbone.state_dict().items():
+        torch.testing.assert_close(value, reference.state_dict()[key])
+
+
+def test_pretrained_file_shape_mismatch_names_tensor(tmp_path):
+    state = timm.create_model("test_resnet", num_classes=0).state_dict()
+    key = next(k for k, v in state.items() if v.ndim == 4)
+    state[key] = torch.zeros(1, 1, 1, 1)
+    path = tmp_path / "w.pth"
+    torch.save(state, path)
+    with pytest.raises(KitError, match=f"shape mismatch .*{key}"):
+        create_model(_pipeline(pretrained={"source": "file", "path": str(path)}), n_points=3)
+
+
+def test_missing_checkpoint_file():
+    with pytest.raises(KitError, match="not found"):
+        create_model(_pipeline(pretrained={"source": "file", "path": "/nonexistent.pth"}), n_points=3)
+
+
+def test_hub_offline_gives_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(KitError, match="cannot load pretrained 'resnet18' from the hub.*source=file"):
+        create_model(_pipeline(backbone="resnet18", pretrained={"source": "hub"}), n_points=3)
+
+
+def test_package_weights_import_and_load(monkeypatch, tmp_path):
+    monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path))
+    path = import_package_weights("efficientnet-lite0")
+    assert path.is_file() and path.parent == tmp_path / "weights"
+    model = create_model(
+        _pipeline(backbone="tf_efficientnet_lite0", pretrained={"source": "package", "package": "efficientnet-lite0"}),
+        n_points=3,
+    )
+    # Real ImageNet weights: BatchNorm running statistics are not the defaults of a fresh model.
+    assert not torch.allclose(model.backbone.bn1.running_var, torch.ones_like(model.backbone.bn1.running_var))
+    assert model.mean == (0.5, 0.5, 0.5)
+
+
+def test_package_must_match_backbone():
+    with pytest.raises(KitError, match="holds tf_efficientnet_lite0 weights"):
+        create_model(_pipeline(pretrained={"source": "package", "package": "efficientnet-lite0"}), n_points=3)
