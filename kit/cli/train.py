@@ -114,7 +114,28 @@ def weights_import(
     console.print(f"{package.value} -> {package_timm_name(package.value)}: {path}", highlight=False)
 
 
+@handle_errors
+def bench(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
+    data: Annotated[Path, typer.Option(help="Competition folder.")],
+    batches: Annotated[int, typer.Option(min=1, help="Timed batches per stage.")] = 20,
+    set_: SetOption = None,
+) -> None:
+    """Images/s of the input pipeline alone, the model step alone, and the full loop, on this device."""
+    from kit.train.bench import bench as run_bench
+
+    result = run_bench(_pipeline(pipeline, set_), data, batches=batches)
+    console.print(f"device {result['device']}  batch {result['batch_size']}  input {result['input_size']} px  "
+                  f"{result['n_points']} points", highlight=False)
+    for key in ("input_images_per_second", "model_images_per_second", "full_loop_images_per_second"):
+        console.print(f"{key.removesuffix('_images_per_second'):>10}  {result[key]:>10,.0f} images/s", highlight=False)
+    console.print(f"full loop / model step  {100 * result['full_vs_model']:.0f}%", highlight=False)
+    if "peak_memory_gib" in result:
+        console.print(f"peak GPU memory  {result['peak_memory_gib']:.2f} GiB", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("fold-train")(fold_train)
     app.command()(prepare)
+    app.command()(bench)
     app.add_typer(weights_app, name="weights")

@@ -71,3 +71,36 @@ def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: a distinct, reproducible augmentation stream per worker and epoch."""
     info = torch.utils.data.get_worker_info()
     info.dataset.reseed(info.seed % 2**32)
+
+
+class RawCropBatches(Dataset):
+    """Whole batches of padded cache crops and cache-pixel points, for augmentation on the device.
+
+    DataLoader calls ``__getitems__`` with a batch of indices: one sorted fancy-index read of the memory map per
+    batch instead of one read per image.
+    """
+
+    def __init__(self, cache: CropCache, rows: np.ndarray, points: np.ndarray):
+        self.cache = cache
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.points = cache.to_cache(np.asarray(points)[self.rows], self.rows)
+        self._images = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, indices: list[int]):
+        if self._images is None:
+            self._images = self.cache.images()
+        order = np.sort(np.asarray(indices))
+        images = torch.from_numpy(np.ascontiguousarray(self._images[self.rows[order]]))
+        return images, torch.from_numpy(self.points[order]), torch.from_numpy(self.rows[order])
+
+    def __getitem__(self, index: int):
+        images, points, rows = self.__getitems__([index])
+        return images[0], points[0], rows[0]
+
+
+def keep_batch(batch):
+    """``collate_fn`` for datasets whose ``__getitems__`` already returns a collated batch."""
+    return batch

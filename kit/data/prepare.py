@@ -105,7 +105,6 @@ def prepare_crops(
                 if progress:
                     progress(1)
         images.flush()
-        del images
         np.save(tmp / "transforms.npy", transforms)
         meta = {"split": split, "size": size, "margin": margin, "pad": pad, "n": len(paths), "version": CACHE_VERSION}
         (tmp / "meta.json").write_text(json.dumps(meta))

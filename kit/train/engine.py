@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -74,8 +75,13 @@ def train_one_epoch(
     steps_per_epoch: int,
     ema=None,
     reporter: Reporter | None = None,
+    batch_transform: Callable | None = None,
 ) -> dict:
-    """One pass over ``loader``; returns mean loss, images and seconds. ``model`` may be wrapped in DDP."""
+    """One pass over ``loader``; returns mean loss, images and seconds. ``model`` may be wrapped in DDP.
+
+    ``batch_transform(images, points)`` takes the batch on the device (uint8 images) and returns the model input
+    and target points; the default only normalises (augmentation happened in the DataLoader).
+    """
     core: LandmarkModel = getattr(model, "module", model)
     cfg, train = pipeline.optim, pipeline.train
     total_steps = train.epochs * steps_per_epoch
@@ -90,8 +96,11 @@ def train_one_epoch(
             break
         step = epoch * steps_per_epoch + batch_index
         set_lr(optimizer, lr_factor(step, total_steps, warmup_steps, cfg), frozen)
-        x = prepare_input(x, core, device, train.channels_last)
         target = target.to(device, non_blocking=True)
+        if batch_transform is None:
+            x = prepare_input(x, core, device, train.channels_last)
+        else:
+            x, target = batch_transform(x.to(device, non_blocking=True), target)
         with autocast(device, train.amp):
             outputs = model(x)
         loss = core.loss(outputs, target, progress=(epoch + batch_index / steps_per_epoch) / train.epochs)

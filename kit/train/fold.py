@@ -13,7 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from kit.config import Pipeline
-from kit.data.dataset import CropDataset, seed_worker
+from kit.data.dataset import CropDataset, RawCropBatches, keep_batch, seed_worker
+from kit.data.gpu_augment import gpu_augment, normalise
 from kit.data.prepare import CropCache
 from kit.io import save_npy, write_json
 from kit.metrics import mse
@@ -37,7 +38,7 @@ class FoldData:
 
 
 def _loader(dataset, batch_size: int, pipeline: Pipeline, device: torch.device, shuffle: bool, dist: DistInfo,
-            seed: int) -> DataLoader:
+            seed: int, collate_fn=None) -> DataLoader:
     workers = pipeline.train.num_workers
     sampler = None
     if shuffle and dist.enabled:
@@ -54,7 +55,23 @@ def _loader(dataset, batch_size: int, pipeline: Pipeline, device: torch.device, 
         persistent_workers=workers > 0,
         worker_init_fn=seed_worker if workers > 0 else None,
         generator=generator,
+        collate_fn=collate_fn,
     )
+
+
+def device_augmenter(pipeline: Pipeline, model: LandmarkModel, flip_perm: np.ndarray | None, device: torch.device,
+                     seed: int):
+    """The ``batch_transform`` of the fast path: augment uint8 cache crops on the device, then normalise."""
+    generator = torch.Generator().manual_seed(seed)
+    device_generator = torch.Generator(device=device).manual_seed(seed)
+    perm = None if flip_perm is None else torch.as_tensor(flip_perm, device=device)
+    size, cfg = pipeline.input.size, pipeline.augment
+
+    def transform(images: torch.Tensor, points: torch.Tensor):
+        x, points = gpu_augment(images, points, cfg, size, perm, generator, device_generator)
+        return normalise(x, model.mean, model.std, pipeline.train.channels_last), points
+
+    return transform
 
 
 def _predict_original(model: LandmarkModel, cache: CropCache, rows: np.ndarray, pipeline: Pipeline,
@@ -83,8 +100,12 @@ def train_fold(
     valid_rows = np.flatnonzero(data.folds == fold)
     n_points = data.points.shape[1]
 
-    train_set = CropDataset(data.train_cache, train_rows, data.points, pipeline.augment, data.flip_perm, seed=seed)
-    train_loader = _loader(train_set, cfg.batch_size, pipeline, device, True, dist, seed)
+    if pipeline.augment.gpu:
+        train_set = RawCropBatches(data.train_cache, train_rows, data.points)
+        train_loader = _loader(train_set, cfg.batch_size, pipeline, device, True, dist, seed, keep_batch)
+    else:
+        train_set = CropDataset(data.train_cache, train_rows, data.points, pipeline.augment, data.flip_perm, seed)
+        train_loader = _loader(train_set, cfg.batch_size, pipeline, device, True, dist, seed)
     steps_per_epoch = len(train_loader)
     if cfg.max_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
@@ -114,6 +135,7 @@ def train_fold(
         reporter.message(f"fold {fold}: resuming after epoch {start_epoch}")
 
     train_model = DistributedDataParallel(model) if dist.enabled else model
+    batch_transform = device_augmenter(pipeline, model, data.flip_perm, device, seed) if pipeline.augment.gpu else None
     truth = data.points[valid_rows]
     for epoch in range(start_epoch, cfg.epochs):
         if isinstance(train_loader.sampler, DistributedSampler):
@@ -121,7 +143,7 @@ def train_fold(
         epoch_start = time.perf_counter()
         reporter.start_epoch(fold, epoch, cfg.epochs, steps_per_epoch)
         stats = train_one_epoch(train_model, train_loader, optimizer, pipeline, device, epoch, steps_per_epoch,
-                                ema, reporter)
+                                ema, reporter, batch_transform)
         stats["images_per_second"] = stats["train_images"] * dist.world_size / max(stats["train_seconds"], 1e-9)
         if dist.is_main:
             valid_start = time.perf_counter()

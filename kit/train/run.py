@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from kit.errors import KitError
 from kit.io import file_sha256, save_npy, write_json, write_text
 from kit.metrics import mse
 from kit.runs import SplitInfo, names_sha256
-from kit.train.distributed import DistInfo, barrier, init_distributed, select_device
+from kit.train.distributed import barrier, init_distributed, select_device
 from kit.train.fold import FoldData, train_fold
 from kit.train.progress import Reporter, SilentReporter
 

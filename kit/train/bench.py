@@ -1,0 +1,113 @@
+"""``kit bench``: images/s of the input pipeline alone, the model step alone, and the full training loop."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kit.config import Pipeline
+from kit.data.competition import Competition
+from kit.data.prepare import prepare_crops
+from kit.models import create_model
+from kit.train.distributed import DistInfo
+from kit.train.engine import autocast, make_optimizer, prepare_input, train_one_epoch
+from kit.train.fold import FoldData, _loader, device_augmenter
+from kit.train.run import ensure_flip_permutation
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _train_loader(pipeline: Pipeline, data: FoldData, device: torch.device):
+    from kit.data.dataset import CropDataset, RawCropBatches, keep_batch
+
+    rows = np.arange(len(data.points))
+    if pipeline.augment.gpu:
+        dataset = RawCropBatches(data.train_cache, rows, data.points)
+        return _loader(dataset, pipeline.train.batch_size, pipeline, device, True, DistInfo(), 0, keep_batch)
+    dataset = CropDataset(data.train_cache, rows, data.points, pipeline.augment, data.flip_perm)
+    return _loader(dataset, pipeline.train.batch_size, pipeline, device, True, DistInfo(), 0)
+
+
+def _cycle(loader, n_batches: int):
+    """``n_batches`` batches, going over ``loader`` as many times as needed (small demo data sets)."""
+    served = 0
+    while served < n_batches:
+        for batch in loader:
+            yield batch
+            served += 1
+            if served == n_batches:
+                return
+
+
+def bench(pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: int = 3) -> dict:
+    """Measure on the current device; returns images/s per stage and the peak device memory (CUDA)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    comp = Competition.load(data_dir)
+    size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
+    data = FoldData(prepare_crops(comp.root, "train", size, margin, pad), prepare_crops(comp.root, "test", size,
+                    margin, pad), np.asarray(comp.train.points, np.float32), np.zeros(len(comp.train), np.int64),
+                    ensure_flip_permutation(comp))
+    batch_size = pipeline.train.batch_size
+    results: dict = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
+                     "batch_size": batch_size, "input_size": size, "n_points": comp.n_points}
+
+    # 1. Input pipeline alone: what the DataLoader (plus device augmentation, if configured) delivers.
+    loader = _train_loader(pipeline, data, device)
+    model = create_model(pipeline, comp.n_points).to(device)
+    if pipeline.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    transform = device_augmenter(pipeline, model, data.flip_perm, device, 0) if pipeline.augment.gpu else None
+    images, start, seen = 0, None, 0
+    for x, points, _ in _cycle(loader, warmup + batches):
+        if transform is not None:
+            transform(x.to(device, non_blocking=True), points.to(device))
+        else:
+            prepare_input(x, model, device, pipeline.train.channels_last)
+        seen += 1
+        if seen == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        elif seen > warmup:
+            images += len(x)
+    _sync(device)
+    results["input_images_per_second"] = images / (time.perf_counter() - start) if start and images else float("nan")
+
+    # 2. Model step alone: random uint8 batches already on the device.
+    optimizer = make_optimizer(model, pipeline.optim, device)
+    x_uint8 = torch.randint(0, 255, (batch_size, size, size, 3), dtype=torch.uint8, device=device)
+    target = torch.rand(batch_size, comp.n_points, 2, device=device) * size
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    for step in range(warmup + batches):
+        if step == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        x = prepare_input(x_uint8, model, device, pipeline.train.channels_last)
+        with autocast(device, pipeline.train.amp):
+            outputs = model(x)
+        loss = model.loss(outputs, target, progress=0.5)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(device)
+    results["model_images_per_second"] = batches * batch_size / (time.perf_counter() - start)
+    if device.type == "cuda":
+        results["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+
+    # 3. The full loop: the real train_one_epoch over real batches.
+    capped = pipeline.model_copy(update={"train": pipeline.train.model_copy(update={"max_train_batches": batches})})
+    warm = capped.model_copy(update={"train": capped.train.model_copy(update={"max_train_batches": warmup})})
+    train_one_epoch(model, _cycle(loader, warmup), optimizer, warm, device, 0, batches, batch_transform=transform)
+    _sync(device)
+    stats = train_one_epoch(model, _cycle(loader, batches), optimizer, capped, device, 0, batches,
+                            batch_transform=transform)
+    results["full_loop_images_per_second"] = stats["train_images"] / stats["train_seconds"]
+    results["full_vs_model"] = results["full_loop_images_per_second"] / results["model_images_per_second"]
+    return results
