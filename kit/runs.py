@@ -67,7 +67,8 @@ def load_run(path: str | Path) -> Run:
         float(metrics["oof_mse"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise KitError(f"{path / 'metrics.json'}: invalid run metrics ({type(exc).__name__}: {exc})") from None
-    oof, test = np.load(path / "oof.npy"), np.load(path / "test.npy")
+    # Memory-mapped: a full-size OOF array is about 3 GB per run; blending reads it in chunks.
+    oof, test = np.load(path / "oof.npy", mmap_mode="r"), np.load(path / "test.npy", mmap_mode="r")
     for name, array in (("oof.npy", oof), ("test.npy", test)):
         if array.ndim != 3 or array.shape[1:] != (split.n_points, 2):
             raise KitError(f"{path / name}: shape {array.shape}, expected (rows, {split.n_points}, 2)")

@@ -6,6 +6,7 @@ baseline truncated to int, which alone costs about 1/3 px^2 of MSE per coordinat
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,16 @@ import pandas as pd
 from kit.data.landmarks import TestPoints, point_columns
 from kit.errors import DataError
 from kit.io import atomic_path
+
+
+def read_competition_test_points(data_dir: str | Path) -> TestPoints:
+    """The requested test points of a competition folder (``test/test_points.csv``; images are not needed)."""
+    from kit.data.competition import Competition
+
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: competition folder not found")
+    return Competition(root).test
 
 
 def submission_columns(n_requested: int) -> list[str]:
@@ -46,7 +57,9 @@ def read_submission(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return pd.read_csv(path, sep=",", index_col=False, dtype={"file_name": str})
+        with warnings.catch_warnings():  # a header shorter than the rows is reported by the validator instead
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            return pd.read_csv(path, sep=",", index_col=False, dtype={"file_name": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({str(exc).strip().splitlines()[-1]})") from None
 

@@ -1,0 +1,140 @@
+"""fold-train end to end on a tiny synthetic competition: artifacts, resume after kill -9, DDP, bench."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from kit.cli import app
+from kit.config import load_pipeline
+from kit.data.competition import Competition
+from kit.data.folds import make_folds, write_folds
+from kit.metrics import mse
+from kit.synth import generate_competition
+from kit.train import fold_train
+
+TINY = [
+    "model.backbone=test_resnet", "input.size=32", "input.pad=4", "train.batch_size=8", "train.epochs=2",
+    "train.num_workers=0", "train.report_images=2", "optim.lr=3e-3", "augment.blur=0", "augment.noise=0",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("comp") / "c"
+    generate_competition(root, n_train=24, n_test=6, seed=3, n_points=100)
+    comp = Competition.load(root)
+    write_folds(comp.folds_csv, make_folds(comp.train.file_names, k=3, seed=0))
+    return root
+
+
+def _pipeline(tmp_path: Path, name: str, extra: list[str] = ()):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\nmodel: {{pretrained: {{source: none}}}}\n")
+    return path, load_pipeline(path, TINY + list(extra))
+
+
+def test_fold_train_writes_the_run_contract(tiny_data, tmp_path):
+    _, pipeline = _pipeline(tmp_path, "tiny", ["tta.hflip=true"])
+    metrics = fold_train(pipeline, tiny_data, out_dir=tmp_path / "runs")
+    run = tmp_path / "runs" / "tiny"
+    comp = Competition.load(tiny_data)
+    oof, test = np.load(run / "oof.npy"), np.load(run / "test.npy")
+    assert oof.shape == (24, 100, 2) and oof.dtype == np.float32
+    assert test.shape == (6, 100, 2) and test.dtype == np.float32
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["oof_mse"] == pytest.approx(mse(oof, comp.train.points), rel=1e-6) == metrics["oof_mse"]
+    assert [f["fold"] for f in on_disk["folds"]] == [0, 1, 2]
+    assert on_disk["split"]["n_points"] == 100 and len(on_disk["split"]["folds_sha256"]) == 64
+    assert (run / "report.png").stat().st_size > 1000
+    assert (run / "pipeline.yaml").is_file() and (run / "split.json").is_file()
+    # test predictions are the mean of the fold predictions
+    folds = np.stack([np.load(run / f"fold{k}" / "test.npy") for k in range(3)])
+    np.testing.assert_allclose(test, folds.mean(0), rtol=1e-5)
+    # predictions land on the faces: far better than guessing the image centre
+    centre = np.zeros_like(oof)
+    assert mse(oof, comp.train.points) < mse(centre, comp.train.points) / 10
+
+
+def test_rerun_skips_finished_folds_and_refuses_a_changed_pipeline(tiny_data, tmp_path):
+    path, pipeline = _pipeline(tmp_path, "again")
+    fold_train(pipeline, tiny_data, out_dir=tmp_path / "runs", folds="0")
+    done = tmp_path / "runs" / "again" / "fold0" / "done.json"
+    stamp = done.stat().st_mtime_ns
+    assert not (tmp_path / "runs" / "again" / "oof.npy").exists()  # folds 1, 2 still missing
+    result = CliRunner().invoke(app, ["fold-train", str(path), "--data", str(tiny_data), "--out",
+                                      str(tmp_path / "runs"), "--folds", "0", *sum((["--set", s] for s in TINY), [])])
+    assert result.exit_code == 0, result.output
+    assert "fold 0: done, skipped" in result.output
+    assert done.stat().st_mtime_ns == stamp
+    result = CliRunner().invoke(app, ["fold-train", str(path), "--data", str(tiny_data), "--out",
+                                      str(tmp_path / "runs"), "--folds", "0", *sum((["--set", s] for s in TINY), []),
+                                      "--set", "optim.lr=0.1"])
+    assert result.exit_code == 1
+    assert "different pipeline" in result.output
+
+
+def test_kill_9_mid_fold_then_resume(tiny_data, tmp_path):
+    path, _ = _pipeline(tmp_path, "killed")
+    args = [sys.executable, "-m", "kit", "fold-train", str(path), "--data", str(tiny_data), "--out",
+            str(tmp_path / "runs"), *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=30"]
+    run = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        # Wait until fold 0 is finished and fold 1 has saved a checkpoint: then kill -9 in the middle of fold 1.
+        while not (run / "fold1" / "last.pt").is_file():
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done0 = (run / "fold0" / "done.json").stat().st_mtime_ns
+    assert not (run / "fold1" / "done.json").exists()
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "fold 0: done, skipped" in resumed.stdout
+    assert "fold 1: resuming after epoch" in resumed.stdout
+    assert (run / "fold0" / "done.json").stat().st_mtime_ns == done0
+    history = json.loads((run / "fold1" / "done.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == list(range(30))
+    assert np.load(run / "oof.npy").shape == (24, 100, 2)
+    assert not list(run.rglob("*.tmp"))  # no half-written artifact left behind
+
+
+def test_two_process_ddp_on_cpu(tiny_data, tmp_path):
+    path, _ = _pipeline(tmp_path, "ddp")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "kit", "fold-train", str(path), "--data",
+         str(tiny_data), "--out", str(tmp_path / "runs"), "--folds", "0", *sum((["--set", s] for s in TINY), [])],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "ddp" / "fold0" / "done.json").read_text())
+    assert len(summary["history"]) == 2 and np.isfinite(summary["mse"])
+    assert np.load(tmp_path / "runs" / "ddp" / "fold0" / "oof.npy").shape == (summary["n_valid"], 100, 2)
+
+
+@pytest.mark.parametrize("gpu_augment", [False, True])
+def test_bench_measures_three_stages(tiny_data, tmp_path, gpu_augment):
+    from kit.train.bench import bench
+
+    _, pipeline = _pipeline(tmp_path, "bench", [f"augment.gpu={str(gpu_augment).lower()}"])
+    result = bench(pipeline, tiny_data, batches=2, warmup=1)
+    for key in ("input_images_per_second", "model_images_per_second", "full_loop_images_per_second"):
+        assert result[key] > 0
+
+
+def test_gpu_augment_path_trains(tiny_data, tmp_path):
+    _, pipeline = _pipeline(tmp_path, "gpuaug", ["augment.gpu=true"])
+    metrics = fold_train(pipeline, tiny_data, out_dir=tmp_path / "runs", folds="all")
+    assert np.isfinite(metrics["oof_mse"])
