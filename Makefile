@@ -6,6 +6,8 @@ KIT := $(VENV)/bin/kit
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo/competition
 RUNS_DIR ?= demo/runs
+DEMO_TRAIN ?= 600
+DEMO_TEST ?= 100
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
@@ -24,11 +26,25 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# The whole main job on the demo competition: data -> two model families -> blend -> validated, scored submission.
 demo: $(STAMP)
-	rm -rf $(DEMO_DIR)
-	$(KIT) synth $(DEMO_DIR) --n-train 600 --n-test 100 --seed 0
+	rm -rf $(DEMO_DIR) $(RUNS_DIR)
+	$(KIT) synth $(DEMO_DIR) --n-train $(DEMO_TRAIN) --n-test $(DEMO_TEST) --seed 0
 	$(KIT) check $(DEMO_DIR)
 	$(KIT) folds $(DEMO_DIR) --k 3 --seed 0
+	$(KIT) weights import efficientnet-lite0
+	$(KIT) fold-train pipelines/demo_regression.yaml --data $(DEMO_DIR) --out $(RUNS_DIR)
+	$(KIT) fold-train pipelines/demo_heatmap.yaml --data $(DEMO_DIR) --out $(RUNS_DIR)
+	$(KIT) blend $(RUNS_DIR)/demo_regression --data $(DEMO_DIR) --method mean --name demo_regression
+	$(KIT) blend $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --method mean --name demo_heatmap
+	$(KIT) blend $(RUNS_DIR)/demo_regression $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --method weights --name demo
+	$(KIT) validate submissions/demo.csv --data $(DEMO_DIR)
+	$(KIT) submit submissions/demo.csv --data $(DEMO_DIR) --competition made-thousand-facial-landmarks \
+		--message "kit demo" --dry-run
+	@echo "== demo scores: MSE on the demo's private test answers (original pixels) =="
+	@printf "demo_regression  "; $(KIT) score submissions/demo_regression.csv --data $(DEMO_DIR)
+	@printf "demo_heatmap     "; $(KIT) score submissions/demo_heatmap.csv --data $(DEMO_DIR)
+	@printf "blend (demo.csv) "; $(KIT) score submissions/demo.csv --data $(DEMO_DIR)
 
 fixup: $(STAMP)
 	$(PY) -m ruff format kit tests

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kit.errors import KitError
@@ -24,10 +25,16 @@ def handle_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except KitError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            # The message is data (it may hold "[...]"): escape it so rich prints it verbatim, on one line.
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def echo(text: str) -> None:
+    """Print one line to stdout verbatim: no markup, no highlighting, no wrapping at the terminal width."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import console, handle_errors, progress_bar
+from kit.cli._common import console, echo, handle_errors, progress_bar
 
 
 @handle_errors
@@ -22,9 +22,9 @@ def check(
     comp = Competition.load(data_dir)
     total = len(comp.train) + len(comp.test)
     with progress_bar(total, "images") as advance:
-        summary = check_competition(data_dir, decode=decode, progress=advance)
+        summary = check_competition(comp, decode=decode, progress=advance)
     for line in summary.lines():
-        console.print(line, highlight=False)
+        echo(line)
     console.print("[green]ok[/green]")
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import console, handle_errors
+from kit.cli._common import echo, handle_errors
 
 
 @handle_errors
@@ -24,13 +24,14 @@ def folds(
     from kit.data.folds import make_folds, read_groups, write_folds
 
     comp = Competition.load(data_dir)
-    groups = groups or (comp.root / "train" / "groups.csv")
-    labels = read_groups(groups, comp.train.file_names) if groups.is_file() else None
+    if groups is None and (comp.root / "train" / "groups.csv").is_file():
+        groups = comp.root / "train" / "groups.csv"
+    labels = read_groups(groups, comp.train.file_names) if groups is not None else None
     table = make_folds(comp.train.file_names, k=k, seed=seed, groups=labels)
     digest = write_folds(comp.folds_csv, table)
     counts = ", ".join(str(n) for n in table["fold"].value_counts().sort_index())
     grouped = " (grouped)" if labels is not None else ""
-    console.print(f"wrote {comp.folds_csv}: {k} folds{grouped} of {counts} images, sha256 {digest[:12]}")
+    echo(f"wrote {comp.folds_csv}: {k} folds{grouped} of {counts} images, sha256 {digest[:12]}")
 
 
 @handle_errors
@@ -46,7 +47,7 @@ def score(
     comp = Competition.load(data)
     predicted = validate_submission(submission, comp.test)
     truth = select_requested(comp.private_answers().points, comp.test)
-    console.print(f"MSE {mse(predicted, truth):.4f}", highlight=False)
+    echo(f"MSE {mse(predicted, truth):.6g}")
 
 
 def register(app: typer.Typer) -> None:

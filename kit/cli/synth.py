@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import console, handle_errors, progress_bar
+from kit.cli._common import echo, handle_errors, progress_bar
 
 
 @handle_errors
@@ -32,7 +32,7 @@ def synth(
             from kit.errors import KitError
 
             raise KitError(str(exc)) from None
-    console.print(
+    echo(
         f"wrote {out_dir}: {n_train} train + {n_test} test images, {n_points} points, "
         f"{summary.images_per_second:.0f} images/s"
     )

@@ -18,6 +18,8 @@ from kit.errors import DataError
 
 @dataclass
 class CheckSummary:
+    """What ``check_competition`` found in a valid competition folder."""
+
     root: Path
     n_train: int
     n_test: int
@@ -27,13 +29,15 @@ class CheckSummary:
     max_size: tuple[int, int]
     points_outside: float  # fraction of training points outside their image
     flip_derived: bool
+    flip_note: str  # where the permutation was stored, or why none was derived
     flip_matches_private: bool | None  # None when the folder has no private permutation
+    has_private_answers: bool
 
     def lines(self) -> list[str]:
-        flip = "derived" if self.flip_derived else "not derived"
+        flip = f"derived, {self.flip_note}" if self.flip_derived else f"not derived: {self.flip_note}"
         if self.flip_matches_private is not None:
-            flip += ", matches private/flip_permutation.txt" if self.flip_matches_private else ", DIFFERS from private"
-        return [
+            flip += "; matches private/flip_permutation.txt" if self.flip_matches_private else "; DIFFERS from private"
+        lines = [
             f"competition  {self.root}",
             f"train        {self.n_train} images, {self.n_points} points each "
             f"({100 * self.points_outside:.2f}% of points outside the image)",
@@ -41,6 +45,9 @@ class CheckSummary:
             f"image sizes  {self.min_size[0]}x{self.min_size[1]} to {self.max_size[0]}x{self.max_size[1]} (HxW)",
             f"flip         {flip}",
         ]
+        if self.has_private_answers:
+            lines.append("private      test answers present (kit score works)")
+        return lines
 
 
 def _image_sizes(paths: list[Path], decode: bool, progress: Callable[[int], None] | None) -> np.ndarray:
@@ -48,7 +55,7 @@ def _image_sizes(paths: list[Path], decode: bool, progress: Callable[[int], None
     workers = min(8, os.cpu_count() or 1)
     sizes = np.empty((len(paths), 2), dtype=np.int64)
     with ThreadPoolExecutor(workers) as pool:  # cv2 decoding releases the GIL
-        for i, size in enumerate(pool.map(reader, paths, chunksize=64)):
+        for i, size in enumerate(pool.map(reader, paths)):
             sizes[i] = size
             if progress:
                 progress(1)
@@ -56,31 +63,48 @@ def _image_sizes(paths: list[Path], decode: bool, progress: Callable[[int], None
 
 
 def check_competition(
-    root: str | Path, decode: bool = True, progress: Callable[[int], None] | None = None
+    root: str | Path | Competition, decode: bool = True, progress: Callable[[int], None] | None = None
 ) -> CheckSummary:
     """Validate every table and image of a competition folder, derive and store the flip permutation.
+
+    A layout that is not mirror-symmetric is not an error: the summary says no permutation was derived (and
+    any stale ``flip_permutation.txt`` is removed).
+
+    Args:
+        root: the competition folder, or an already loaded ``Competition``.
+        decode: decode every image (catches corrupt files) instead of reading headers only.
+        progress: called with 1 after each image.
 
     Raises:
         DataError: the first problem found, naming the file and row.
     """
-    comp = Competition.load(root)
+    comp = root if isinstance(root, Competition) else Competition.load(root)
     train, test = comp.train, comp.test
-    train_sizes = _image_sizes(comp.train_paths(), decode, progress)
-    test_sizes = _image_sizes(comp.test_paths(), decode, progress)
     overlap = set(train.file_names) & set(test.file_names)
     if overlap:
         raise DataError(f"{comp.test_csv}: file_name '{sorted(overlap)[0]}' is also in {comp.train_csv}")
+    has_private = comp.private_csv.is_file()
+    if has_private:
+        comp.private_answers()
+    train_sizes = _image_sizes(comp.train_paths(), decode, progress)
+    test_sizes = _image_sizes(comp.test_paths(), decode, progress)
 
     points = np.asarray(train.points)
     h, w = train_sizes[:, 0, None], train_sizes[:, 1, None]
     outside = (points[..., 0] < 0) | (points[..., 0] > w - 1) | (points[..., 1] < 0) | (points[..., 1] > h - 1)
 
-    perm = derive_flip_permutation(points)
-    save_permutation(comp.flip_file, perm)
-    private_flip = comp.root / "private" / "flip_permutation.txt"
     matches = None
-    if private_flip.is_file():
-        matches = bool(np.array_equal(perm, load_permutation(private_flip, comp.n_points)))
+    try:
+        perm = derive_flip_permutation(points)
+    except DataError as exc:
+        comp.flip_file.unlink(missing_ok=True)
+        derived, note = False, str(exc)
+    else:
+        save_permutation(comp.flip_file, perm)
+        derived, note = True, f"stored in {comp.flip_file}"
+        private_flip = comp.root / "private" / "flip_permutation.txt"
+        if private_flip.is_file():
+            matches = bool(np.array_equal(perm, load_permutation(private_flip, comp.n_points)))
 
     sizes = np.concatenate([train_sizes, test_sizes])
     area = sizes[:, 0] * sizes[:, 1]
@@ -93,6 +117,8 @@ def check_competition(
         min_size=tuple(int(v) for v in sizes[area.argmin()]),
         max_size=tuple(int(v) for v in sizes[area.argmax()]),
         points_outside=float(outside.mean()),
-        flip_derived=True,
+        flip_derived=derived,
+        flip_note=note,
         flip_matches_private=matches,
+        has_private_answers=has_private,
     )

@@ -87,7 +87,7 @@ class Competition:
         return Landmarks(file_names=answers.file_names[rows], points=np.asarray(answers.points)[rows])
 
     def flip_permutation(self) -> np.ndarray | None:
-        """The stored left/right permutation (from ``kit check``/``kit folds``), or None."""
+        """The stored left/right permutation (written by ``kit check``), or None."""
         from kit.data.flip import load_permutation
 
         return load_permutation(self.flip_file) if self.flip_file.is_file() else None

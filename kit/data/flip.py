@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
+from scipy.spatial.distance import cdist
 
 from kit.errors import DataError
 from kit.io import write_text
@@ -31,69 +33,120 @@ def _rotation_onto(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def mean_shape(points: np.ndarray, iterations: int = 3, max_shapes: int = 20000) -> np.ndarray:
-    """Generalised Procrustes mean of (N, P, 2) shapes: translation, scale and rotation removed."""
+    """Generalised Procrustes mean of (N, P, 2) shapes: translation, scale and rotation removed.
+
+    Returns a centred (P, 2) shape of unit RMS radius, oriented like the plain mean of the normalised shapes.
+    """
     points = np.asarray(points, dtype=np.float64)
     if len(points) > max_shapes:
         points = points[np.linspace(0, len(points) - 1, max_shapes).astype(int)]
     shapes = _normalise(points)
-    reference = shapes[0]
+    reference = _normalise(shapes.mean(axis=0, keepdims=True))[0]
     for _ in range(iterations):
         aligned = np.einsum("bpi,bij->bpj", shapes, _rotation_onto(shapes, reference))
         reference = _normalise(aligned.mean(axis=0, keepdims=True))[0]
     return reference
 
 
-def derive_flip_permutation(points: np.ndarray, iterations: int = 5) -> np.ndarray:
+def _reflection(angle: float) -> np.ndarray:
+    """(2, 2) matrix, for row vectors, of the mirror across the line through the origin at ``angle``."""
+    c, s = np.cos(2.0 * angle), np.sin(2.0 * angle)
+    return np.array([[c, s], [s, -c]])
+
+
+def _fit_reflection(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The mirror through the origin (an orthogonal matrix of determinant -1) best taking ``source`` to ``target``."""
+    u, _, vt = np.linalg.svd(source.T @ target)
+    d = -np.sign(np.linalg.det(u @ vt))
+    return (u * np.array([1.0, d])) @ vt
+
+
+def derive_flip_permutation(points: np.ndarray, iterations: int = 10, max_asymmetry: float = 1.0) -> np.ndarray:
     """Left/right permutation from (N, P, 2) training shapes.
 
-    Mirror the mean shape (x -> -x), then match mirrored points to original ones by optimal assignment, refitting
-    the mirror axis to the matched pairs a few times.
+    Mirror the Procrustes mean shape across the axis that best maps it onto itself (searched over all
+    orientations, so a tilted mean is fine), match mirrored points to original ones by optimal assignment, and
+    refit the mirror to the matched pairs until the matching is stable.
+
+    Args:
+        points: training shapes in any pixel frame.
+        iterations: refits of the mirror axis at most.
+        max_asymmetry: largest accepted RMS mismatch of the matched pairs, in units of the median distance
+            between neighbouring points of the mean shape (a mirror-symmetric layout gives ~0.2 or less, random
+            points ~2).
 
     Raises:
-        DataError: the matching is not an involution (the layout is not mirror-symmetric).
+        DataError: the layout is not mirror-symmetric.
     """
     reference = mean_shape(points)
-    mirrored = reference * np.array([-1.0, 1.0])
+    tree = cKDTree(reference)
+    angles = np.deg2rad(np.arange(0.0, 180.0, 1.0))
+    scores = [np.square(tree.query(reference @ _reflection(a))[0]).sum() for a in angles]
+    mirror = _reflection(angles[int(np.argmin(scores))])
     perm = np.arange(len(reference))
-    for _ in range(iterations):
-        cost = ((mirrored[:, None, :] - reference[None, :, :]) ** 2).sum(-1)
-        _, new_perm = linear_sum_assignment(cost)
-        # Refit a rotation + translation taking the mirrored shape onto its matched points.
-        target = reference[new_perm]
-        mu_s, mu_t = mirrored.mean(0), target.mean(0)
-        rot = _rotation_onto((mirrored - mu_s)[None], target - mu_t)[0]
-        mirrored = (mirrored - mu_s) @ rot + mu_t
-        if np.array_equal(new_perm, perm):
+    for step in range(iterations):
+        cost = cdist(reference @ mirror, reference, "sqeuclidean")
+        # Pairing i with j costs both directions: the optimum of a symmetric cost is an involution (barring ties).
+        _, new_perm = linear_sum_assignment(cost + cost.T)
+        if step and np.array_equal(new_perm, perm):
             break
         perm = new_perm
+        mirror = _fit_reflection(reference, reference[perm])
     if not np.array_equal(perm[perm], np.arange(len(perm))):
         bad = int(np.flatnonzero(perm[perm] != np.arange(len(perm)))[0])
         raise DataError(f"derived flip permutation is not an involution (point {bad}): layout is not symmetric")
+    residual = np.sqrt(np.square(reference @ mirror - reference[perm]).sum(axis=1).mean())
+    spacing = float(np.median(tree.query(reference, k=2)[0][:, 1]))
+    asymmetry = residual / max(spacing, 1e-12)
+    if asymmetry > max_asymmetry:
+        raise DataError(
+            f"the mean shape is not mirror-symmetric (matched pairs are {asymmetry:.2f} point spacings apart, "
+            f"at most {max_asymmetry} accepted): no flip permutation"
+        )
     return perm.astype(np.int64)
 
 
 def save_permutation(path: str | Path, perm: np.ndarray) -> None:
+    """Write a permutation as one index per line, atomically."""
     write_text(path, "".join(f"{int(i)}\n" for i in perm))
 
 
 def load_permutation(path: str | Path, n_points: int | None = None) -> np.ndarray:
-    """Read a permutation file (one index per line) and check it is a valid involution."""
+    """Read a permutation file (one index per line) and check it is a valid involution.
+
+    Raises:
+        DataError: the file is missing, malformed, of the wrong length, or not an involution.
+    """
     path = Path(path)
-    try:
-        perm = np.array([int(line) for line in path.read_text().split()], dtype=np.int64)
-    except ValueError as exc:
-        raise DataError(f"{path}: not a list of integers ({exc})") from None
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    values = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                values.append(int(line))
+            except ValueError:
+                raise DataError(f"{path}: line {line_no}: not an integer: {line[:40]!r}") from None
+    perm = np.array(values, dtype=np.int64)
     if n_points is not None and len(perm) != n_points:
         raise DataError(f"{path}: {len(perm)} entries, expected {n_points}")
     if not np.array_equal(np.sort(perm), np.arange(len(perm))):
         raise DataError(f"{path}: not a permutation of 0..{len(perm) - 1}")
     if not np.array_equal(perm[perm], np.arange(len(perm))):
-        raise DataError(f"{path}: not an involution (applying it twice must give the identity)")
+        bad = int(np.flatnonzero(perm[perm] != np.arange(len(perm)))[0])
+        raise DataError(f"{path}: not an involution (point {bad} maps to {perm[bad]}, which maps to {perm[perm[bad]]})")
     return perm
 
 
-def flip_points(points: np.ndarray, width: float, perm: np.ndarray) -> np.ndarray:
-    """Mirror (..., P, 2) points in an image of ``width`` pixels (centres at integers) and swap identities."""
+def flip_points(points: np.ndarray, width: float | np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """Mirror (..., P, 2) points horizontally and swap left/right identities.
+
+    Args:
+        points: pixel coordinates, pixel centres at integers.
+        width: image width in pixels; an array of shape (...) gives one width per shape.
+        perm: the flip permutation (an involution).
+    """
     flipped = np.array(points, dtype=np.float64, copy=True)
-    flipped[..., 0] = (width - 1) - flipped[..., 0]
+    width = np.asarray(width, dtype=np.float64)
+    flipped[..., 0] = (width[..., None] - 1.0) - flipped[..., 0]
     return flipped[..., perm, :]

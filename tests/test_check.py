@@ -1,0 +1,300 @@
+"""``kit check``, ``kit folds`` and ``kit score`` through the CLI, on tiny competitions corrupted one way each."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from kit.cli import app
+from kit.data.landmarks import read_test_points
+from kit.submit.format import write_submission
+
+runner = CliRunner()
+
+
+def kit(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def error_line(result) -> str:
+    """The one ``error:`` line on stderr (a progress bar may precede it)."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def edit_line(path, line_no: int, edit) -> None:
+    """Apply ``edit(fields) -> fields`` to the TAB-separated line ``line_no`` (1-based) of ``path``."""
+    lines = path.read_text().split("\n")
+    lines[line_no - 1] = "\t".join(edit(lines[line_no - 1].split("\t")))
+    path.write_text("\n".join(lines))
+
+
+def set_field(col: int, value: str):
+    def edit(fields):
+        fields[col] = value
+        return fields
+
+    return edit
+
+
+def test_check_valid_competition_prints_summary(make_competition):
+    comp = make_competition(n_train=6, n_test=3, n_points=12, n_requested=4)
+    result = kit("check", comp.root)
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "6 images, 12 points each" in out
+    assert "3 images, 4 requested points each" in out
+    assert "40x48 to 40x48 (HxW)" in out
+    assert "flip         derived" in out and "matches private/flip_permutation.txt" in out
+    stored = np.loadtxt(comp.root / "flip_permutation.txt", dtype=np.int64)
+    np.testing.assert_array_equal(stored, comp.perm)
+
+
+def test_check_reports_a_layout_without_mirror_symmetry(make_competition):
+    comp = make_competition(n_train=8, private=False)
+    rng = np.random.default_rng(1)
+    points = rng.integers(0, 40, comp.train_points.shape)
+    for row, values in enumerate(points, start=2):
+        edit_line(comp.train_csv, row, lambda f, v=values: [f[0], *map(str, v.reshape(-1).tolist())])
+    result = kit("check", comp.root)
+    assert result.exit_code == 0, result.stderr
+    assert "flip         not derived: the mean shape is not mirror-symmetric" in result.stdout
+    assert not (comp.root / "flip_permutation.txt").exists()
+
+
+def test_check_accepts_trailing_tabs(make_competition):
+    comp = make_competition()
+    text = comp.train_csv.read_text().replace("\n", "\t\n")
+    comp.train_csv.write_text(text.replace("Point_M11_Y\t\n", "Point_M11_Y\n"))
+    result = kit("check", comp.root)
+    assert result.exit_code == 0, result.stderr
+
+
+# (description, corrupt(comp), file name expected in the message, expected message text)
+CORRUPTIONS = [
+    (
+        "wrong header column",
+        lambda c: edit_line(c.train_csv, 1, set_field(3, "Point_M1_Z")),
+        "landmarks.csv",
+        "line 1, column 4: header is 'Point_M1_Z', expected 'Point_M1_X'",
+    ),
+    (
+        "header without file_name",
+        lambda c: edit_line(c.train_csv, 1, set_field(0, "image")),
+        "landmarks.csv",
+        "line 1, column 1: header must start with 'file_name'",
+    ),
+    (
+        # pandas with index_col=False silently drops the extra field of the first data row
+        "extra field on the first row",
+        lambda c: edit_line(c.train_csv, 2, lambda f: [*f, "7"]),
+        "landmarks.csv",
+        "line 2 has 26 columns, expected 25",
+    ),
+    (
+        "extra field on a later row",
+        lambda c: edit_line(c.train_csv, 4, lambda f: [*f, "7"]),
+        "landmarks.csv",
+        "line 4 has 26 columns, expected 25",
+    ),
+    (
+        # pandas fills a short row with NaN silently
+        "missing field",
+        lambda c: edit_line(c.train_csv, 3, lambda f: f[:-1]),
+        "landmarks.csv",
+        "line 3 has 24 columns, expected 25",
+    ),
+    (
+        "text in a coordinate",
+        lambda c: edit_line(c.train_csv, 3, set_field(6, "abc")),
+        "landmarks.csv",
+        "line 3, column 'Point_M2_Y': not a number: 'abc'",
+    ),
+    (
+        "empty coordinate",
+        lambda c: edit_line(c.train_csv, 5, set_field(2, "")),
+        "landmarks.csv",
+        "line 5, column 'Point_M0_Y': missing value",
+    ),
+    (
+        "infinite coordinate",
+        lambda c: edit_line(c.train_csv, 2, set_field(1, "inf")),
+        "landmarks.csv",
+        "line 2, column 'Point_M0_X': not a number: 'inf'",
+    ),
+    (
+        "empty file name",
+        lambda c: edit_line(c.train_csv, 3, set_field(0, "")),
+        "landmarks.csv",
+        "line 3, column 'file_name': empty file name",
+    ),
+    (
+        "duplicate training file name",
+        lambda c: edit_line(c.train_csv, 4, set_field(0, "00000.jpg")),
+        "landmarks.csv",
+        "line 4: duplicate file_name '00000.jpg' (first on line 2)",
+    ),
+    (
+        "duplicate test file name",
+        lambda c: edit_line(c.test_csv, 4, set_field(0, c.test_names[0])),
+        "test_points.csv",
+        "line 4: duplicate file_name '00006.jpg' (first on line 2)",
+    ),
+    (
+        "missing training image",
+        lambda c: c.train_image(2).unlink(),
+        "train/images/00002.jpg",
+        "image file not found",
+    ),
+    (
+        "garbage image file",
+        lambda c: c.train_image(1).write_bytes(b"this is not an image" * 10),
+        "train/images/00001.jpg",
+        "cannot decode image",
+    ),
+    (
+        "truncated JPEG",
+        lambda c: c.test_image(1).write_bytes(c.test_image(1).read_bytes()[:400]),
+        "test/images/00007.jpg",
+        "truncated JPEG",
+    ),
+    (
+        "malformed index list",
+        lambda c: edit_line(c.test_csv, 3, set_field(1, "[1, 2, 3")),
+        "test_points.csv",
+        "line 3, column 'point_index_list': not a list of integers: '[1, 2, 3'",
+    ),
+    (
+        "index list without brackets",
+        lambda c: edit_line(c.test_csv, 2, set_field(1, "1, 2, 3, 4")),
+        "test_points.csv",
+        "line 2, column 'point_index_list': not a list of integers",
+    ),
+    (
+        "negative index",
+        lambda c: edit_line(c.test_csv, 2, set_field(1, "[1, -2, 3, 4]")),
+        "test_points.csv",
+        "line 2, column 'point_index_list': point index -2 out of range [0, 12)",
+    ),
+    (
+        "index lists of different lengths",
+        lambda c: edit_line(c.test_csv, 4, set_field(1, "[1, 2, 3]")),
+        "test_points.csv",
+        "line 4, column 'point_index_list': 3 indices, expected 4 as on line 2",
+    ),
+    (
+        "test_points header",
+        lambda c: edit_line(c.test_csv, 1, set_field(1, "points")),
+        "test_points.csv",
+        "line 1: header must be 'file_name<TAB>point_index_list'",
+    ),
+    (
+        "test_points extra column",
+        lambda c: edit_line(c.test_csv, 3, lambda f: [*f, "x"]),
+        "test_points.csv",
+        "line 3 has 3 columns, expected 2",
+    ),
+    (
+        "test image also in train",
+        lambda c: edit_line(c.test_csv, 2, set_field(0, "00001.jpg")),
+        "test_points.csv",
+        "file_name '00001.jpg' is also in",
+    ),
+    (
+        "missing landmarks.csv",
+        lambda c: c.train_csv.unlink(),
+        "train/landmarks.csv",
+        "missing (expected the competition layout)",
+    ),
+]
+
+
+@pytest.mark.parametrize("corrupt, where, message", [c[1:] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS])
+def test_check_rejects_malformed_input(make_competition, corrupt, where, message):
+    comp = make_competition(n_train=6, n_test=3, n_points=12, n_requested=4)
+    corrupt(comp)
+    result = kit("check", comp.root)
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert where in line and message in line, line
+    assert "Traceback" not in result.output and "ok" not in result.stdout
+
+
+def test_check_rejects_index_971_out_of_range(make_competition):
+    comp = make_competition(n_train=3, n_test=2, n_points=971, n_requested=30)
+    edit_line(comp.test_csv, 3, set_field(1, str([5] * 29 + [971])))
+    result = kit("check", comp.root)
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert "test_points.csv: line 3, column 'point_index_list': point index 971 out of range [0, 971)" in line
+
+
+def test_error_message_with_brackets_is_printed_verbatim(make_competition):
+    comp = make_competition()
+    edit_line(comp.test_csv, 2, set_field(1, "[red]"))
+    line = error_line(kit("check", comp.root))
+    assert "not a list of integers: '[red]'" in line
+
+
+def test_folds_stable_for_a_seed(make_competition):
+    comp = make_competition(n_train=20, n_test=2)
+    result = kit("folds", comp.root, "--k", 5, "--seed", 3)
+    assert result.exit_code == 0, result.stderr
+    first = pd.read_csv(comp.root / "folds.csv")
+    assert list(first.columns) == ["file_name", "fold"]
+    assert first["file_name"].tolist() == comp.train_names
+    assert sorted(first["fold"].value_counts().tolist()) == [4] * 5
+    assert kit("folds", comp.root, "--k", 5, "--seed", 3).exit_code == 0
+    pd.testing.assert_frame_equal(pd.read_csv(comp.root / "folds.csv"), first)
+    assert kit("folds", comp.root, "--k", 5, "--seed", 4).exit_code == 0
+    assert not pd.read_csv(comp.root / "folds.csv")["fold"].equals(first["fold"])
+
+
+def test_folds_respect_groups_file(make_competition):
+    comp = make_competition(n_train=24, n_test=2)
+    groups = {name: f"person{i // 4}" for i, name in enumerate(comp.train_names)}  # 6 people, 4 photos each
+    (comp.root / "train" / "groups.csv").write_text(
+        "file_name,group\n" + "".join(f"{n},{g}\n" for n, g in groups.items())
+    )
+    result = kit("folds", comp.root, "--k", 3, "--seed", 0)
+    assert result.exit_code == 0, result.stderr
+    assert "(grouped)" in result.stdout
+    folds = pd.read_csv(comp.root / "folds.csv")
+    per_group = folds.assign(group=folds["file_name"].map(groups)).groupby("group")["fold"].nunique()
+    assert (per_group == 1).all()
+    assert folds["fold"].nunique() == 3
+
+
+def test_folds_missing_explicit_groups_file_is_an_error(make_competition, tmp_path):
+    comp = make_competition(n_train=10)
+    result = kit("folds", comp.root, "--groups", tmp_path / "nope.csv")
+    assert result.exit_code == 1
+    assert "nope.csv: file not found" in error_line(result)
+
+
+def test_score_perfect_submission_is_zero(make_competition, tmp_path):
+    comp = make_competition()
+    test = read_test_points(comp.test_csv, comp.train_points.shape[1])
+    write_submission(tmp_path / "perfect.csv", comp.test_points.astype(np.float64), test)
+    result = kit("score", tmp_path / "perfect.csv", "--data", comp.root)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == "MSE 0"
+
+    write_submission(tmp_path / "off.csv", comp.test_points + np.array([1.0, 0.0]), test)
+    result = kit("score", tmp_path / "off.csv", "--data", comp.root)
+    assert result.stdout.strip() == "MSE 0.5"  # x off by 1 px, y exact
+
+
+def test_score_rejects_a_malformed_submission(make_competition, tmp_path):
+    comp = make_competition()
+    test = read_test_points(comp.test_csv, comp.train_points.shape[1])
+    path = write_submission(tmp_path / "sub.csv", comp.test_points.astype(np.float64), test)
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace(",", ",abc,", 1).rsplit(",", 1)[0]
+    path.write_text("\n".join(lines) + "\n")
+    result = kit("score", path, "--data", comp.root)
+    assert result.exit_code == 1
+    assert "sub.csv: line 3" in error_line(result)
