@@ -102,7 +102,7 @@ def test_validate_ok(data, good_csv):
         (lambda p: _edit(p, 3, _lines(p)[3].rsplit(",", 1)[0] + ",inf"), "line 4, column 'Point_M2_Y'"),
         (lambda p: _edit(p, 1, _lines(p)[1].rsplit(",", 1)[0] + ",abc"), "line 2, column 'Point_M2_Y'"),
         (lambda p: _edit(p, 4, _lines(p)[4].rsplit(",", 1)[0] + ","), "missing or not a finite number"),
-        (lambda p: _edit(p, 5, _lines(p)[5] + ",1.0"), "not a readable CSV"),
+        (lambda p: _edit(p, 5, _lines(p)[5] + ",1.0"), "line 6 has 8 fields, the header has 7"),
         (lambda p: p.unlink(), "file not found"),
     ],
     ids=[
@@ -246,3 +246,17 @@ def test_download_unpacks_the_archive(kaggle: FakeKaggle, tmp_path):
     assert (out / "test" / "test_points.csv").is_file()
     assert sorted(p.name for p in out.iterdir()) == ["test", "train"]  # no archive or temp folder left
     assert "POST DownloadDataFiles" in kaggle.calls()
+
+
+def test_validator_refuses_a_row_with_an_extra_value(tmp_path):
+    from kit.data.landmarks import TestPoints
+    from kit.errors import DataError
+    from kit.submit.format import validate_submission, write_submission
+
+    test = TestPoints(file_names=np.array(["a.jpg", "b.jpg"]), indices=np.array([[0, 1], [1, 2]]))
+    path = write_submission(tmp_path / "s.csv", np.zeros((2, 3, 2)), test)
+    lines = path.read_text().splitlines()
+    lines[1] += ",7.0"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"s\.csv: line 2 has 6 fields, the header has 5"):
+        validate_submission(path, test)

@@ -16,6 +16,7 @@ from kit.cli import app
 from kit.config import load_pipeline
 from kit.data.competition import Competition
 from kit.data.folds import make_folds, write_folds
+from kit.errors import KitError
 from kit.metrics import mse
 from kit.synth import generate_competition
 from kit.train import fold_train
@@ -138,3 +139,20 @@ def test_gpu_augment_path_trains(tiny_data, tmp_path):
     _, pipeline = _pipeline(tmp_path, "gpuaug", ["augment.gpu=true"])
     metrics = fold_train(pipeline, tiny_data, out_dir=tmp_path / "runs", folds="all")
     assert np.isfinite(metrics["oof_mse"])
+
+
+def test_asymmetric_layout_trains_without_flips_and_names_the_fix_with_them(make_competition, tmp_path):
+    comp = make_competition(n_train=9, n_test=2, n_points=12)
+    rng = np.random.default_rng(0)
+    layout = np.stack([np.geomspace(2, 30, 12), np.linspace(3, 36, 12) ** 1.3 / 3], axis=1)  # a curve, not symmetric
+    points = np.rint(layout + rng.normal(0, 0.5, size=(9, 12, 2))).astype(int)
+    lines = ["\t".join(["file_name", *[f"Point_M{i}_{a}" for i in range(12) for a in "XY"]])]
+    lines += ["\t".join([name, *map(str, p.reshape(-1))]) for name, p in zip(comp.train_names, points, strict=True)]
+    comp.train_csv.write_text("\n".join(lines) + "\n")
+    write_folds(comp.root / "folds.csv", make_folds(np.array(comp.train_names), k=3, seed=0))
+    _, flipping = _pipeline(tmp_path, "flips", ["augment.hflip=0.5"])
+    with pytest.raises(KitError, match="not mirror-symmetric.*augment.hflip=0 and tta.hflip=false"):
+        fold_train(flipping, comp.root, out_dir=tmp_path / "runs")
+    _, plain = _pipeline(tmp_path, "plain", ["augment.hflip=0", "tta.hflip=false", "train.epochs=1"])
+    metrics = fold_train(plain, comp.root, out_dir=tmp_path / "runs")
+    assert np.load(tmp_path / "runs" / "plain" / "oof.npy").shape == (9, 12, 2) and np.isfinite(metrics["oof_mse"])

@@ -7,6 +7,7 @@ baseline truncated to int, which alone costs about 1/3 px^2 of MSE per coordinat
 from __future__ import annotations
 
 import warnings
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +61,31 @@ def read_submission(path: str | Path) -> pd.DataFrame:
         with warnings.catch_warnings():  # a header shorter than the rows is reported by the validator instead
             warnings.simplefilter("ignore", pd.errors.ParserWarning)
             return pd.read_csv(path, sep=",", index_col=False, dtype={"file_name": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: not a readable CSV ({str(exc).strip().splitlines()[-1]})") from None
+
+
+def _read_header(path: Path) -> list[str]:
+    try:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), None)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+    if not header:
+        raise DataError(f"{path}: file is empty")
+    return header
+
+
+def _check_field_counts(path: Path) -> None:
+    """Every row has as many fields as the header: pandas (index_col=False) would drop an extra value silently."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: file is empty")
+        for row in reader:
+            if row and len(row) != len(header):
+                raise DataError(f"{path}: line {reader.line_num} has {len(row)} fields, the header has {len(header)}")
 
 
 def validate_submission(path: str | Path, test: TestPoints) -> np.ndarray:
@@ -74,15 +98,18 @@ def validate_submission(path: str | Path, test: TestPoints) -> np.ndarray:
         DataError: naming the file and the first line or column at fault.
     """
     path = Path(path)
-    frame = read_submission(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
     expected = submission_columns(test.indices.shape[1])
-    if list(frame.columns) != expected:
-        got = list(frame.columns)
+    got = _read_header(path)
+    if got != expected:
         if len(got) != len(expected):
             raise DataError(f"{path}: header has {len(got)} columns, expected {len(expected)} (file_name + 2 x "
                             f"{test.indices.shape[1]} requested points)")
         col = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
         raise DataError(f"{path}: header column {col + 1} is '{got[col]}', expected '{expected[col]}'")
+    _check_field_counts(path)
+    frame = read_submission(path)
     if len(frame) != len(test):
         raise DataError(f"{path}: {len(frame)} rows, test_points.csv has {len(test)}")
     names = frame["file_name"].to_numpy(dtype=str)

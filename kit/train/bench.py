@@ -52,7 +52,7 @@ def bench(pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: i
     size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
     data = FoldData(prepare_crops(comp.root, "train", size, margin, pad), prepare_crops(comp.root, "test", size,
                     margin, pad), np.asarray(comp.train.points, np.float32), np.zeros(len(comp.train), np.int64),
-                    ensure_flip_permutation(comp))
+                    ensure_flip_permutation(comp, pipeline))
     batch_size = pipeline.train.batch_size
     results: dict = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
                      "batch_size": batch_size, "input_size": size, "n_points": comp.n_points}

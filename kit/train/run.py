@@ -14,7 +14,7 @@ from kit.data.competition import Competition
 from kit.data.flip import derive_flip_permutation, save_permutation
 from kit.data.folds import load_folds, make_folds, write_folds
 from kit.data.prepare import prepare_crops
-from kit.errors import KitError
+from kit.errors import DataError, KitError
 from kit.io import file_sha256, save_npy, write_json, write_text
 from kit.metrics import mse
 from kit.runs import SplitInfo, names_sha256
@@ -30,10 +30,19 @@ def ensure_folds(comp: Competition, k: int = 5, seed: int = 42) -> np.ndarray:
     return load_folds(comp.folds_csv, comp.train.file_names)
 
 
-def ensure_flip_permutation(comp: Competition) -> np.ndarray:
+def ensure_flip_permutation(comp: Competition, pipeline: Pipeline | None = None) -> np.ndarray | None:
+    """The data's left/right permutation (derived and stored when absent).
+
+    A layout that is not mirror-symmetric has none: that is fine unless the pipeline flips (augmentation or TTA).
+    """
     perm = comp.flip_permutation()
     if perm is None:
-        perm = derive_flip_permutation(np.asarray(comp.train.points))
+        try:
+            perm = derive_flip_permutation(np.asarray(comp.train.points))
+        except DataError as exc:
+            if pipeline is not None and (pipeline.augment.hflip > 0 or pipeline.tta.hflip):
+                raise KitError(f"{exc}; set augment.hflip=0 and tta.hflip=false to train without flips") from None
+            return None
         save_permutation(comp.flip_file, perm)
     if len(perm) != comp.n_points:
         raise KitError(f"{comp.flip_file}: {len(perm)} entries for {comp.n_points} points (rerun kit check)")
@@ -100,7 +109,7 @@ def fold_train(
     run_dir = Path(out_dir) / pipeline.name
     if dist.is_main:
         fold_of = ensure_folds(comp)
-        perm = ensure_flip_permutation(comp)
+        perm = ensure_flip_permutation(comp, pipeline)
         split = split_info(comp)
         _claim_run_dir(run_dir, pipeline, split)
         train_cache = prepare_crops(comp.root, "train", pipeline.input.size, pipeline.input.margin, pipeline.input.pad)
