@@ -20,6 +20,8 @@ class RichReporter:
         self._task = None
 
     def start_epoch(self, fold: int, epoch: int, epochs: int, n_batches: int) -> None:
+        if not err_console.is_terminal:
+            return  # logs and pipes get the epoch lines only
         self._progress = Progress(
             TextColumn(f"fold {fold} epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=True,
