@@ -35,13 +35,19 @@ class PretrainedConfig(_Strict):
 class HeatmapConfig(_Strict):
     arch: str = "Unet"  # any segmentation_models_pytorch architecture name
     stride: Literal[1, 2, 4] = 4  # output stride of the heatmaps relative to the input
-    decoder_channels: list[int] | None = None  # smp decoder widths; None: the architecture's default
-    sigma: float = 1.5  # Gaussian sigma of target maps, in heatmap pixels
-    sigma_end: float | None = None  # when set, sigma moves linearly from `sigma` to this over the epochs
+    decoder_channels: list[int] | None = None  # smp decoder widths, coarsest first; may stop at the stride
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)  # more smp architecture arguments (FPN pyramid widths)
+    sigma: float = Field(1.5, gt=0)  # Gaussian sigma of target maps, in heatmap pixels
+    sigma_end: float | None = Field(None, gt=0)  # when set, sigma moves linearly from `sigma` to this over the epochs
     heatmap_loss: Literal["none", "l2", "adaptive_wing"] = "none"
-    coord_weight: float = 1.0  # weight of the coordinate loss (through soft-argmax) added to the heatmap loss
-    decoder: Literal["argmax", "soft_argmax", "local_soft_argmax", "dark"] = "local_soft_argmax"
-    window: int = 5  # window of local soft-argmax, heatmap pixels
+    awing_weight: float = Field(10.0, ge=0)  # Adaptive Wing weighted loss map: 1 + this near the targets' peaks
+    coord_weight: float = Field(1.0, ge=0)  # weight of the coordinate loss (section `loss`) on soft-argmax points
+    # soft_argmax reads integral (logit) maps; local_soft_argmax and dark suit maps trained with a heatmap loss
+    decoder: Literal["argmax", "soft_argmax", "local_soft_argmax", "dark"] = "soft_argmax"
+    window: int = Field(5, ge=1)  # window of local soft-argmax, heatmap pixels (odd)
+    iterations: int = Field(5, ge=0)  # recentring steps of local soft-argmax (removes its pull to the window centre)
+    dark_blur: float = Field(1.0, ge=0)  # Gaussian smoothing before DARK refinement, heatmap pixels (0: none)
+    compile_loss: bool = True  # torch.compile the dense loss on CUDA: fuses target maps and loss into few kernels
 
 
 class ModelConfig(_Strict):

@@ -61,3 +61,49 @@ def coordinate_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -
             cfg.awing_epsilon, cfg.awing_theta,
         )
     raise ValueError(f"unknown loss {cfg.name!r}")
+
+
+# Heatmap losses. Heatmaps (B, P, h, w) are regressed linearly onto Gaussians of peak 1 given by separable factors
+# gy (B, P, h) and gx (B, P, w): the target map gy[..., :, None] * gx[..., None, :] is only formed by broadcasting
+# inside the loss, so a fusing compiler never stores it. Reduction: sum over each map's pixels, mean over maps, so
+# the scale does not depend on the output stride.
+
+
+def _outer(gy: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
+    return gy.unsqueeze(-1) * gx.unsqueeze(-2)
+
+
+def heatmap_l2(heatmaps: torch.Tensor, gy: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
+    """Squared error between heatmaps (B, P, h, w) and the separable Gaussian targets."""
+    return (heatmaps - _outer(gy, gx)).square().sum(dim=(-2, -1)).mean()
+
+
+def awing_weight_map(gy: torch.Tensor, gx: torch.Tensor, weight: float = 10.0, threshold: float = 0.2) -> torch.Tensor:
+    """The weighted loss map of Adaptive Wing: ``1 + weight`` where the 3x3 grey dilation of the target reaches
+    ``threshold``, else 1.
+
+    The dilation of a separable non-negative map is the product of the dilated factors (max of a product over a
+    rectangle = product of the maxima), so it costs two 1D max-pools.
+    """
+    dy = F.max_pool1d(gy, 3, stride=1, padding=1)
+    dx = F.max_pool1d(gx, 3, stride=1, padding=1)
+    return 1.0 + weight * (_outer(dy, dx) >= threshold).to(gy.dtype)
+
+
+def heatmap_adaptive_wing(
+    heatmaps: torch.Tensor,
+    gy: torch.Tensor,
+    gx: torch.Tensor,
+    alpha: float = 2.1,
+    omega: float = 14.0,
+    epsilon: float = 1.0,
+    theta: float = 0.5,
+    weight: float = 10.0,
+    threshold: float = 0.2,
+) -> torch.Tensor:
+    """Adaptive Wing loss (Wang et al., 2019) between heatmaps and the separable Gaussian targets, with the paper's
+    weighted loss map (``weight``, ``threshold``)."""
+    h, w = heatmaps.shape[-2:]
+    mean = adaptive_wing(heatmaps, _outer(gy, gx), alpha, omega, epsilon, theta,
+                         weight=awing_weight_map(gy, gx, weight, threshold))
+    return mean * (h * w)

@@ -1,6 +1,6 @@
 """Landmark model families, built by one factory from a typed pipeline config."""
 
-from kit.models import regression  # noqa: F401  (registers the family)
+from kit.models import heatmap, regression  # noqa: F401  (register the families)
 from kit.models._registry import create_model, list_families, register_family
 from kit.models.base import LandmarkModel
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import timm
-from timm.models import split_model_name_tag
 import torch
+from timm.models import split_model_name_tag
 from torch import nn
 
 from kit.config import LossConfig, ModelConfig, Pipeline

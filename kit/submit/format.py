@@ -6,8 +6,8 @@ baseline truncated to int, which alone costs about 1/3 px^2 of MSE per coordinat
 
 from __future__ import annotations
 
-import warnings
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np

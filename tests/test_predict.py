@@ -1,0 +1,108 @@
+"""``kit predict``: a finished run's predictions again from its fold checkpoints, into a new run folder."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from conftest import build_competition
+from typer.testing import CliRunner
+
+from kit.cli import app
+from kit.config import pipeline_from_dict
+from kit.data.competition import Competition
+from kit.data.folds import make_folds, write_folds
+from kit.errors import KitError
+from kit.io import file_sha256
+from kit.metrics import mse
+from kit.predict import repredict
+from kit.runs import load_run
+from kit.train import fold_train
+
+TINY_HEATMAP = {
+    "name": "hm",
+    "model": {"family": "heatmap", "backbone": "tu-test_resnet",
+              "heatmap": {"stride": 4, "decoder_channels": [8, 8, 8], "heatmap_loss": "l2", "coord_weight": 0.01,
+                          "decoder": "local_soft_argmax"}},
+    "input": {"size": 32, "pad": 4},
+    "augment": {"blur": 0, "noise": 0},
+    "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "report_images": 2},
+    "tta": {"hflip": False},
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("predict")
+    comp = build_competition(base / "comp", n_train=6, n_test=2, n_points=20, size=(48, 48))
+    write_folds(Competition.load(comp.root).folds_csv, make_folds(comp.train_names, k=2, seed=0))
+    fold_train(pipeline_from_dict(TINY_HEATMAP), comp.root, out_dir=base / "runs")
+    return base / "runs" / "hm", comp.root
+
+
+def _digest(run_dir):
+    return {p.name: file_sha256(p) for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_same_settings_reproduce_the_source_predictions(finished_run):
+    run_dir, data = finished_run
+    result = repredict(run_dir, data, name="hm-again")
+    np.testing.assert_allclose(np.load(result.run_dir / "oof.npy"), np.load(run_dir / "oof.npy"), atol=1e-4)
+    np.testing.assert_allclose(np.load(result.run_dir / "test.npy"), np.load(run_dir / "test.npy"), atol=1e-4)
+    assert result.metrics["oof_mse"] == pytest.approx(result.source_oof_mse, rel=1e-4)
+
+
+def test_cli_writes_a_new_blendable_run_with_tta_and_decoder(finished_run):
+    run_dir, data = finished_run
+    before = _digest(run_dir)
+    result = CliRunner().invoke(app, ["predict", str(run_dir), "--data", str(data), "--tta", "hflip",
+                                      "--decoder", "dark"])
+    assert result.exit_code == 0, result.output
+    assert "OOF MSE" in result.output
+    new = run_dir.parent / "hm-hflip-dark"
+    run = load_run(new)  # the run contract: oof.npy, test.npy, metrics.json with split
+    truth = Competition.load(data).train.points
+    assert run.oof_mse == pytest.approx(mse(run.oof, truth), rel=1e-6)
+    assert json.loads((new / "split.json").read_text()) == json.loads((run_dir / "split.json").read_text())
+    assert run.split == load_run(run_dir).split
+    pipeline = yaml.safe_load((new / "pipeline.yaml").read_text())
+    assert pipeline["name"] == "hm-hflip-dark" and pipeline["tta"]["hflip"] is True
+    assert pipeline["model"]["heatmap"]["decoder"] == "dark"
+    assert run.metrics["source"] == str(run_dir)
+    assert _digest(run_dir) == before  # the source run is untouched
+
+
+def test_refuses_to_overwrite_the_source_or_an_existing_run(finished_run):
+    run_dir, data = finished_run
+    result = CliRunner().invoke(app, ["predict", str(run_dir), "--data", str(data), "--name", "hm"])
+    assert result.exit_code == 1 and "never overwritten" in result.output
+    (run_dir.parent / "taken").mkdir()
+    with pytest.raises(KitError, match="exists"):
+        repredict(run_dir, data, name="taken")
+    with pytest.raises(KitError, match="not a kit run"):
+        repredict(run_dir, data, name="taken", force=True)  # --force replaces runs only, never other folders
+
+
+def test_refuses_other_folds_and_decoders_for_regression(finished_run, tmp_path):
+    run_dir, data = finished_run
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    comp = Competition.load(other)
+    write_folds(comp.folds_csv, make_folds(comp.train.file_names, k=3, seed=1))
+    with pytest.raises(KitError, match="other data or folds"):
+        repredict(run_dir, other)
+    regression = tmp_path / "reg"
+    shutil.copytree(run_dir, regression)
+    tree = yaml.safe_load((regression / "pipeline.yaml").read_text())
+    tree["model"]["family"] = "regression"
+    (regression / "pipeline.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(KitError, match="--decoder"):
+        repredict(regression, data, decoder="dark")
+
+
+def test_cli_decoder_choices_are_the_codec_decoders():
+    from kit.cli.predict import DecoderChoice
+    from kit.codecs import DECODERS
+
+    assert [d.value for d in DecoderChoice] == list(DECODERS)
