@@ -134,6 +134,8 @@ def bench(
     console.print(f"full loop / model step  {100 * result['full_vs_model']:.0f}%", highlight=False)
     if "peak_memory_gib" in result:
         console.print(f"peak GPU memory  {result['peak_memory_gib']:.2f} GiB", highlight=False)
+    if "peak_rss_gib" in result:
+        console.print(f"peak process memory (RSS)  {result['peak_rss_gib']:.2f} GiB", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 
@@ -100,6 +101,8 @@ def bench(pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: i
     results["model_images_per_second"] = batches * batch_size / (time.perf_counter() - start)
     if device.type == "cuda":
         results["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    else:  # the process's peak resident memory (Linux reports KiB)
+        results["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
     # 3. The full loop: the real train_one_epoch over real batches.
     capped = pipeline.model_copy(update={"train": pipeline.train.model_copy(update={"max_train_batches": batches})})
