@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from kit.cli._common import echo, handle_errors, progress_bar
+from kit.errors import KitError
 
 
 @handle_errors
@@ -29,8 +30,6 @@ def synth(
                 n_requested=n_requested, progress=advance,
             )
         except (ValueError, FileExistsError) as exc:
-            from kit.errors import KitError
-
             raise KitError(str(exc)) from None
     echo(
         f"wrote {out_dir}: {n_train} train + {n_test} test images, {n_points} points, "

@@ -77,10 +77,9 @@ def _claim_run_dir(run_dir: Path, pipeline: Pipeline, split: SplitInfo) -> None:
     config_text = dump_pipeline(pipeline)
     config_file, split_file = run_dir / "pipeline.yaml", run_dir / "split.json"
     if config_file.is_file():
-        old = yaml.safe_load(config_file.read_text())
-        if old != yaml.safe_load(config_text):
-            changed = sorted(k for k in set(old) | set(yaml.safe_load(config_text))
-                             if old.get(k) != yaml.safe_load(config_text).get(k))
+        old, new = yaml.safe_load(config_file.read_text()) or {}, pipeline.model_dump(mode="json")
+        if old != new:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise KitError(f"{config_file}: the run exists with a different pipeline (section {changed[0]!r}); "
                            "use another name or delete the run")
     if split_file.is_file() and json.loads(split_file.read_text()) != split.to_dict():
