@@ -16,6 +16,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kit.config import AugmentConfig  # noqa: E402
+from kit.data.flip import flip_points  # noqa: E402
 
 
 def build_augment(cfg: AugmentConfig, size: int, side: int) -> A.Compose:
@@ -48,9 +49,7 @@ def build_augment(cfg: AugmentConfig, size: int, side: int) -> A.Compose:
 
 def hflip(image: np.ndarray, points: np.ndarray, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mirror an (H, W, C) image and its (P, 2) points; point i of the result is the mirror of point perm[i]."""
-    width = image.shape[1]
-    flipped = points[perm].copy()
-    flipped[:, 0] = (width - 1) - flipped[:, 0]
+    flipped = flip_points(points, image.shape[1], perm).astype(np.float32)
     return np.ascontiguousarray(image[:, ::-1]), flipped
 
 

@@ -15,21 +15,18 @@ from typing import Literal
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader
 
 from kit.config import Pipeline, PretrainedConfig, dump_pipeline, pipeline_from_dict
 from kit.data.competition import Competition
-from kit.data.dataset import CropDataset
 from kit.data.folds import load_folds
-from kit.data.prepare import CropCache, prepare_crops
+from kit.data.prepare import prepare_crops
 from kit.errors import KitError
 from kit.io import save_npy, write_json, write_text
 from kit.metrics import mse
 from kit.models import create_model
 from kit.train.checkpoint import load_checkpoint
 from kit.train.distributed import DistInfo, select_device
-from kit.train.engine import predict
-from kit.train.fold import FoldData
+from kit.train.fold import FoldData, predict_original
 from kit.train.progress import Reporter, SilentReporter
 from kit.train.run import assemble_run, ensure_flip_permutation, split_info
 
@@ -71,15 +68,6 @@ def default_name(run_dir: Path, pipeline: Pipeline) -> str:
     if pipeline.model.family == "heatmap":
         parts.append(pipeline.model.heatmap.decoder)
     return "-".join(parts)
-
-
-def _predict_rows(model, cache: CropCache, rows: np.ndarray, pipeline: Pipeline, device: torch.device,
-                  flip_perm: np.ndarray | None) -> np.ndarray:
-    """Original-pixel predictions (len(rows), P, 2) for ``rows`` of ``cache``."""
-    loader = DataLoader(CropDataset(cache, rows), batch_size=pipeline.train.batch_size * 2, shuffle=False,
-                        num_workers=pipeline.train.num_workers, pin_memory=device.type == "cuda")
-    points = predict(model, loader, device, pipeline.train.amp, pipeline.train.channels_last, flip_perm)
-    return cache.to_original(points, rows)
 
 
 def _load_fold_model(pipeline: Pipeline, checkpoint: Path, n_points: int, device: torch.device):
@@ -165,8 +153,8 @@ def repredict(
     for fold, checkpoint in enumerate(checkpoints):
         model = _load_fold_model(pipeline, checkpoint, comp.n_points, device)
         rows = np.flatnonzero(folds == fold)
-        oof = _predict_rows(model, train_cache, rows, pipeline, device, flip)
-        test = _predict_rows(model, test_cache, test_rows, pipeline, device, flip)
+        oof = predict_original(model, train_cache, rows, pipeline, device, flip)
+        test = predict_original(model, test_cache, test_rows, pipeline, device, flip)
         fold_dir = target / f"fold{fold}"
         save_npy(fold_dir / "oof.npy", oof.astype(np.float32))
         save_npy(fold_dir / "test.npy", test.astype(np.float32))

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kit.config import OptimConfig, Pipeline
+from kit.data.gpu_augment import normalise
 from kit.models.base import LandmarkModel
 from kit.train.progress import Reporter
 
@@ -27,10 +28,7 @@ def autocast(device: torch.device, enabled: bool):
 def prepare_input(images: torch.Tensor, model: LandmarkModel, device: torch.device, channels_last: bool):
     """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on the device; normalising there keeps host work small."""
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(model.std, device=device).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+    return normalise(x, model.mean, model.std, channels_last)
 
 
 def make_optimizer(model: LandmarkModel, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:

@@ -74,8 +74,9 @@ def device_augmenter(pipeline: Pipeline, model: LandmarkModel, flip_perm: np.nda
     return transform
 
 
-def _predict_original(model: LandmarkModel, cache: CropCache, rows: np.ndarray, pipeline: Pipeline,
-                      device: torch.device, flip_perm: np.ndarray | None) -> np.ndarray:
+def predict_original(model: LandmarkModel, cache: CropCache, rows: np.ndarray, pipeline: Pipeline,
+                     device: torch.device, flip_perm: np.ndarray | None) -> np.ndarray:
+    """Original-pixel predictions (len(rows), P, 2) for ``rows`` of ``cache``."""
     loader = _loader(CropDataset(cache, rows), pipeline.train.batch_size * 2, pipeline, device, False, DistInfo(), 0)
     points = predict(model, loader, device, pipeline.train.amp, pipeline.train.channels_last, flip_perm)
     return cache.to_original(points, rows)
@@ -148,7 +149,7 @@ def train_fold(
         if dist.is_main:
             valid_start = time.perf_counter()
             eval_model = ema.module if ema is not None else model
-            predicted = _predict_original(eval_model, data.train_cache, valid_rows, pipeline, device, None)
+            predicted = predict_original(eval_model, data.train_cache, valid_rows, pipeline, device, None)
             stats["valid_mse"] = mse(predicted, truth)
             stats["valid_seconds"] = time.perf_counter() - valid_start
             stats["epochs"] = cfg.epochs
@@ -171,8 +172,8 @@ def train_fold(
     if dist.is_main:
         model.load_state_dict(load_checkpoint(best_path)["model"])
         tta = data.flip_perm if pipeline.tta.hflip else None
-        oof = _predict_original(model, data.train_cache, valid_rows, pipeline, device, tta)
-        test = _predict_original(model, data.test_cache, np.arange(len(data.test_cache.transforms())), pipeline,
+        oof = predict_original(model, data.train_cache, valid_rows, pipeline, device, tta)
+        test = predict_original(model, data.test_cache, np.arange(len(data.test_cache.transforms())), pipeline,
                                  device, tta)
         save_npy(fold_dir / "oof.npy", oof.astype(np.float32))
         save_npy(fold_dir / "test.npy", test.astype(np.float32))
