@@ -6,16 +6,29 @@ An unknown key or a wrong type is an error that names the key and the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from kit.errors import KitError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+ConfigSection = _Strict  # base of the sections that model families define in their own modules
 
 
 class PretrainedConfig(_Strict):
@@ -32,30 +45,56 @@ class PretrainedConfig(_Strict):
         return self
 
 
-class HeatmapConfig(_Strict):
-    arch: str = "Unet"  # any segmentation_models_pytorch architecture name
-    stride: Literal[1, 2, 4] = 4  # output stride of the heatmaps relative to the input
-    decoder_channels: list[int] | None = None  # smp decoder widths, coarsest first; may stop at the stride
-    arch_kwargs: dict[str, Any] = Field(default_factory=dict)  # more smp architecture arguments (FPN pyramid widths)
-    sigma: float = Field(1.5, gt=0)  # Gaussian sigma of target maps, in heatmap pixels
-    sigma_end: float | None = Field(None, gt=0)  # when set, sigma moves linearly from `sigma` to this over the epochs
-    heatmap_loss: Literal["none", "l2", "adaptive_wing"] = "none"
-    awing_weight: float = Field(10.0, ge=0)  # Adaptive Wing weighted loss map: 1 + this near the targets' peaks
-    coord_weight: float = Field(1.0, ge=0)  # weight of the coordinate loss (section `loss`) on soft-argmax points
-    # soft_argmax reads integral (logit) maps; local_soft_argmax and dark suit maps trained with a heatmap loss
-    decoder: Literal["argmax", "soft_argmax", "local_soft_argmax", "dark"] = "soft_argmax"
-    window: int = Field(5, ge=1)  # window of local soft-argmax, heatmap pixels (odd)
-    iterations: int = Field(5, ge=0)  # recentring steps of local soft-argmax (removes its pull to the window centre)
-    dark_blur: float = Field(1.0, ge=0)  # Gaussian smoothing before DARK refinement, heatmap pixels (0: none)
-    compile_loss: bool = True  # torch.compile the dense loss on CUDA: fuses target maps and loss into few kernels
+DEFAULT_FAMILY = "regression"  # the model family of a pipeline that names none
 
 
 class ModelConfig(_Strict):
-    family: Literal["regression", "heatmap"] = "regression"
-    backbone: str = "resnet34"  # timm model name (regression) or smp encoder name, e.g. tu-resnet34 (heatmap)
+    """Base of the ``model`` section: each model family in ``kit.models`` derives its own, with its own fields.
+
+    The pipeline's ``model`` is validated as the class registered for its ``family`` (``register_family``).
+    """
+
+    family: str = DEFAULT_FAMILY  # a registered model family (kit.models.list_families())
+    backbone: str = "resnet34"  # timm model name, or smp encoder name (e.g. tu-resnet34) for encoder-decoders
     pretrained: PretrainedConfig = Field(default_factory=PretrainedConfig)
-    drop_rate: float = 0.0
-    heatmap: HeatmapConfig = Field(default_factory=HeatmapConfig)
+
+    @property
+    def decoder(self) -> str | None:
+        """How raw outputs become points, for families with a choice of decoders; None otherwise."""
+        return None
+
+    def with_decoder(self, name: str) -> ModelConfig:
+        """A copy of this section with the output decoder ``name``.
+
+        Raises:
+            KitError: the family has no decoder option, or ``name`` is not one of its decoders.
+        """
+        raise KitError(f"--decoder: model family '{self.family}' has no decoder option")
+
+
+def _unknown_family(family: Any, choices: list[str]) -> ValidationError:
+    """An error at ``family`` that pydantic nests under the ``model`` key like its own errors."""
+    error = PydanticCustomError("unknown_family", "unknown model family '{family}' (choose from {choices})",
+                                {"family": str(family), "choices": ", ".join(choices)})
+    return ValidationError.from_exception_data("ModelConfig", [InitErrorDetails(type=error, loc=("family",),
+                                                                                input=family)])
+
+
+def _family_section(value: Any, handler: ValidatorFunctionWrapHandler) -> ModelConfig:
+    """Validate a ``model`` section as the config class of its family (a registered family's instance passes)."""
+    from kit.models import family_config, list_families  # lazily: kit.models imports this module
+
+    if isinstance(value, ModelConfig):
+        if isinstance(value, family_config(value.family) or ()):
+            return value
+        value = value.model_dump()
+    if not isinstance(value, dict):
+        return handler(value)  # the base's "valid dictionary" error
+    family = value.get("family", DEFAULT_FAMILY)
+    config = family_config(family) if isinstance(family, str) else None
+    if config is None:
+        raise _unknown_family(family, list_families())
+    return config.model_validate(value)
 
 
 class InputConfig(_Strict):
@@ -66,14 +105,30 @@ class InputConfig(_Strict):
 
 class AugmentConfig(_Strict):
     hflip: float = Field(0.5, ge=0, le=1)  # probability; flips also swap left/right point identities
-    scale: float = Field(0.1, ge=0, le=0.9)  # random zoom within 1 +- scale
-    rotate: float = Field(15.0, ge=0, le=180)  # degrees
-    shift: float = Field(0.05, ge=0, le=0.5)  # fraction of the input size
-    color: float = Field(0.5, ge=0, le=1)  # probability of brightness/contrast/hue jitter
-    blur: float = Field(0.1, ge=0, le=1)
-    noise: float = Field(0.1, ge=0, le=1)
-    cutout: float = Field(0.2, ge=0, le=1)
-    gpu: bool = False  # affine + flip + normalise on the device from the uint8 crop cache (fast path for CUDA)
+    scale: float = Field(0.1, ge=0, le=0.9)  # random zoom within 1 +- scale (the same for x and y)
+    rotate: float = Field(15.0, ge=0, le=180)  # degrees, about the crop centre
+    shift: float = Field(0.05, ge=0, le=0.5)  # fraction of the input size, x and y apart, in whole pixels
+    color: float = Field(0.5, ge=0, le=1)  # probability of brightness/contrast/saturation/hue jitter
+    blur: float = Field(0.1, ge=0, le=1)  # probability of a Gaussian (3-5 px) or else a motion (3-7 px) blur
+    noise: float = Field(0.1, ge=0, le=1)  # probability of per-pixel Gaussian noise
+    cutout: float = Field(0.2, ge=0, le=1)  # probability of holes filled with uniform noise
+    gpu: bool = False  # geometry + flip on the device from the uint8 crop cache (fast path for CUDA)
+    brightness: float = Field(0.3, ge=0, le=1)  # colour jitter: intensities x U(1 - brightness, 1 + brightness)
+    contrast: float = Field(0.3, ge=0, le=1)  # colour jitter: distance from the mean grey x U(1 -+ contrast)
+    saturation: float = Field(0.3, ge=0, le=1)  # colour jitter: chroma x U(1 -+ saturation)
+    hue: float = Field(0.05, ge=0, le=0.5)  # colour jitter: chroma turned about the grey by U(-hue, hue) turns
+    noise_std: tuple[float, float] = (0.02, 0.08)  # noise sigma range, fraction of full scale
+    cutout_holes: tuple[int, int] = (1, 3)  # number of holes, inclusive range
+    cutout_size: tuple[float, float] = (0.1, 0.3)  # hole height and width (drawn apart), fractions of the side
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentConfig:
+        for key, (low, high), floor, ceiling in [("noise_std", self.noise_std, 0, 1),
+                                                 ("cutout_holes", self.cutout_holes, 0, 16),
+                                                 ("cutout_size", self.cutout_size, 0, 1)]:
+            if not floor <= low <= high <= ceiling:
+                raise ValueError(f"{key} must be a range [low, high] with {floor} <= low <= high <= {ceiling}")
+        return self
 
 
 class LossConfig(_Strict):
@@ -118,7 +173,9 @@ class TTAConfig(_Strict):
 
 class Pipeline(_Strict):
     name: str
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    # validated as the config class of model.family; serialised with that class's fields
+    model: Annotated[SerializeAsAny[ModelConfig], WrapValidator(_family_section)] = Field(
+        default_factory=dict, validate_default=True)
     input: InputConfig = Field(default_factory=InputConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     loss: LossConfig = Field(default_factory=LossConfig)

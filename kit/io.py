@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.errors import KitError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -52,3 +54,20 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def refuse_inside(path: str | Path, root: str | Path, what: str, root_what: str = "the competition folder") -> None:
+    """Refuse an output location that is ``root`` or inside it (both resolved; ``path`` need not exist yet).
+
+    Args:
+        path: where outputs would go.
+        root: a folder that outputs must not be written into.
+        what: how the message names ``path``, e.g. ``--out-dir``.
+        root_what: how the message names ``root``.
+
+    Raises:
+        KitError: e.g. ``--out-dir data/train: inside the competition folder data; write outputs elsewhere``.
+    """
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    if resolved == base or base in resolved.parents:
+        raise KitError(f"{what} {path}: inside {root_what} {root}; write outputs elsewhere")

@@ -1,20 +1,49 @@
-"""The contract of a finished run folder, shared by fold-train, predict and blend.
+"""The run folder: one typed contract that every reader and writer goes through.
 
-``runs/NAME/`` holds ``oof.npy`` (N_train, P, 2) and ``test.npy`` (N_test, P, 2), float32 in original-image
-pixels in the row order of ``landmarks.csv`` / ``test_points.csv``, and ``metrics.json`` with at least
-``oof_mse`` and a ``split`` block identifying the data and the fold split the run was trained on.
+``runs/NAME/`` holds
+- ``pipeline.yaml``: the resolved pipeline; ``split.json``: the split it is trained on (``SplitInfo``);
+  ``flip_permutation.txt``: the data's left/right permutation when it has one (flip TTA needs it, also in
+  ``kit infer`` away from the data);
+- ``foldK/``: ``last.pt`` (resumable), ``best.pt``, ``oof.npy`` and ``test.npy`` of the fold, and ``done.json``
+  (``FoldSummary``, written last: the fold is finished when it exists), ``.lock`` while a process trains it;
+- ``oof.npy`` (N_train, P, 2) and ``test.npy`` (N_test, P, 2), float32 in original-image pixels in the row order
+  of ``landmarks.csv`` / ``test_points.csv``, ``report.png``, and ``metrics.json`` (``RunMetrics``, written last:
+  the run is finished when it exists).
+
+Each finished fold records its ``Identity`` (the resolved pipeline's hash, the split's hash, the kit version): a
+fold whose identity differs from its run's is never taken as done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+import kit
 from kit.errors import KitError
+from kit.io import save_npy, write_json, write_text
+from kit.names import check_name
+
+if TYPE_CHECKING:
+    from kit.config import Pipeline
+    from kit.data.competition import Competition
+
+PIPELINE_FILE, SPLIT_FILE, METRICS_FILE, DONE_FILE = "pipeline.yaml", "split.json", "metrics.json", "done.json"
+OOF_FILE, TEST_FILE, REPORT_FILE, LOCK_FILE = "oof.npy", "test.npy", "report.png", ".lock"
+FLIP_FILE = "flip_permutation.txt"
 
 
 def names_sha256(file_names: np.ndarray) -> str:
@@ -22,54 +51,502 @@ def names_sha256(file_names: np.ndarray) -> str:
     return hashlib.sha256("\n".join(map(str, file_names)).encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class SplitInfo:
+def _json_sha256(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class _Record(BaseModel):
+    # Older kits wrote extra keys: reading ignores them; every record the kit writes is complete.
+    model_config = ConfigDict(frozen=True, extra="ignore", protected_namespaces=())
+
+
+class SplitInfo(_Record):
     """What a run's predictions are aligned with; runs can be blended only when these are equal."""
 
-    folds_sha256: str
-    train_names_sha256: str
-    test_names_sha256: str
+    folds_sha256: str  # content hash of folds.csv
+    train_names_sha256: str  # the training rows, in order
+    test_names_sha256: str  # the test rows, in order
     n_points: int
 
+    @classmethod
+    def of(cls, comp: Competition) -> SplitInfo:
+        from kit.io import file_sha256
+
+        return cls(folds_sha256=file_sha256(comp.folds_csv), train_names_sha256=names_sha256(comp.train.file_names),
+                   test_names_sha256=names_sha256(comp.test.file_names), n_points=comp.n_points)
+
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return self.model_dump()
+
+    def digest(self) -> str:
+        return _json_sha256(self.to_dict())
+
+    def first_difference(self, other: SplitInfo) -> str | None:
+        return next((key for key in type(self).model_fields if getattr(self, key) != getattr(other, key)), None)
+
+
+class Identity(_Record):
+    """What produced a fold: a fold is taken as done only by a run with the same identity."""
+
+    pipeline_sha256: str  # the resolved pipeline, without its name
+    split_sha256: str  # SplitInfo.digest()
+    kit_version: str
+
+    @classmethod
+    def of(cls, pipeline: Pipeline, split: SplitInfo) -> Identity:
+        return cls(pipeline_sha256=pipeline_sha256(pipeline), split_sha256=split.digest(), kit_version=kit.__version__)
+
+    def differences(self, other: Identity) -> list[str]:
+        labels = {"pipeline_sha256": "pipeline", "split_sha256": "fold split or data", "kit_version": "kit version"}
+        return [label for key, label in labels.items() if getattr(self, key) != getattr(other, key)]
+
+
+def pipeline_sha256(pipeline: Pipeline) -> str:
+    """Hash of the resolved pipeline without its name (a renamed copy of a run is the same training)."""
+    return _json_sha256(pipeline.model_dump(mode="json", exclude={"name"}))
+
+
+class EpochStats(_Record):
+    """One epoch of one fold."""
+
+    epoch: int  # 0-based
+    epochs: int  # planned epochs
+    train_loss: float
+    train_images: int
+    train_seconds: float
+    images_per_second: float
+    valid_mse: float  # original pixels, without TTA
+    valid_seconds: float
+
+
+class FoldScore(_Record):
+    """A fold's score as listed in the run's metrics."""
+
+    fold: int
+    mse: float  # OOF MSE of the fold in original pixels, with the run's TTA
+    best_epoch: int  # -1: no training epoch (re-predicted from another run's checkpoint)
+    epochs: int
+    wall_seconds: float
+    images_per_second: float
+
+
+class FoldSummary(FoldScore):
+    """``foldK/done.json``: a finished fold, with what produced it."""
+
+    identity: Identity
+    best_valid_mse_no_tta: float | None = None
+    n_train: int
+    n_valid: int
+    world_size: int = 1  # processes that trained the fold together (torchrun); their weights were checked equal
+    history: tuple[EpochStats, ...] = ()
+    source: str | None = None  # the run whose fold checkpoint made these predictions (kit predict)
+    source_mse: float | None = None  # that run's fold MSE
+
+    def score(self) -> FoldScore:
+        return FoldScore(**{key: getattr(self, key) for key in FoldScore.model_fields})
+
+
+class RunMetrics(_Record):
+    """``metrics.json``: a finished run."""
+
+    name: str
+    family: str
+    backbone: str
+    oof_mse: float  # all folds' OOF predictions against landmarks.csv
+    folds: tuple[FoldScore, ...]
+    wall_seconds: float
+    images_per_second: float
+    tta: dict
+    split: SplitInfo
+    identity: Identity | None = None  # None: written by an older kit
+    lineage: tuple[str, ...] = ()  # source runs: the run re-predicted (kit predict); later stacks and pseudo-labels
+    source_oof_mse: float | None = None  # OOF MSE of the first source run
+    report_seconds: float = 0.0
+
+
+def _read_record(path: Path, record: type[_Record]):
+    try:
+        return record.model_validate(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KitError(f"{path}: unreadable ({type(exc).__name__}: {exc}); delete it and rerun") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise KitError(f"{path}: invalid {record.__name__} (key '{key}': {first['msg']})") from None
 
 
 @dataclass(frozen=True)
 class Run:
-    """A finished run: its predictions and metrics."""
+    """A finished run: its predictions (memory-mapped) and metrics."""
 
     path: Path
     name: str
     oof: np.ndarray  # (N_train, P, 2)
     test: np.ndarray  # (N_test, P, 2)
-    metrics: dict
+    metrics: RunMetrics
     split: SplitInfo
 
     @property
     def oof_mse(self) -> float:
-        return float(self.metrics["oof_mse"])
+        return self.metrics.oof_mse
+
+    def artifact_files(self) -> dict[str, Path]:
+        """The files that make up the finished run's predictions and metrics, by file name (for provenance)."""
+        return {name: self.path / name for name in (OOF_FILE, TEST_FILE, METRICS_FILE)}
+
+
+def _load_array(path: Path, n_points: int, rows: int | None = None) -> np.ndarray:
+    try:
+        # Memory-mapped: a full-size OOF array is about 3 GB per run; blending reads it in chunks.
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:
+        raise KitError(f"{path}: not a readable .npy file ({type(exc).__name__}); delete it and rerun") from None
+    if array.ndim != 3 or array.shape[1:] != (n_points, 2) or (rows is not None and len(array) != rows):
+        expected = f"({'rows' if rows is None else rows}, {n_points}, 2)"
+        raise KitError(f"{path}: shape {array.shape}, expected {expected}")
+    return array
 
 
 def load_run(path: str | Path) -> Run:
     """Load a finished run folder.
 
     Raises:
-        KitError: a file is missing or the shapes disagree with ``metrics.json``.
+        KitError: a file is missing, unreadable, or the shapes disagree with ``metrics.json``.
     """
-    path = Path(path)
-    for name in ("oof.npy", "test.npy", "metrics.json"):
-        if not (path / name).is_file():
-            raise KitError(f"{path / name}: missing (is the run finished?)")
+    return RunDir(Path(path)).load()
+
+
+def _without_other_family_keys(tree: dict) -> dict:
+    """Runs of kits before model families owned their config sections list every family's keys: drop the others."""
+    from kit.config import DEFAULT_FAMILY
+    from kit.models import family_config
+
+    model = tree.get("model")
+    if isinstance(model, dict):
+        config = family_config(str(model.get("family", DEFAULT_FAMILY)))
+        if config is not None:
+            tree = tree | {"model": {k: v for k, v in model.items() if k in config.model_fields}}
+    return tree
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    host: str
+    started: float
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        return f"process {self.pid} on {self.host} (since {when})"
+
+
+def _alive(pid: int) -> bool:
     try:
-        metrics = json.loads((path / "metrics.json").read_text())
-        split = SplitInfo(**metrics["split"])
-        float(metrics["oof_mse"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise KitError(f"{path / 'metrics.json'}: invalid run metrics ({type(exc).__name__}: {exc})") from None
-    # Memory-mapped: a full-size OOF array is about 3 GB per run; blending reads it in chunks.
-    oof, test = np.load(path / "oof.npy", mmap_mode="r"), np.load(path / "test.npy", mmap_mode="r")
-    for name, array in (("oof.npy", oof), ("test.npy", test)):
-        if array.ndim != 3 or array.shape[1:] != (split.n_points, 2):
-            raise KitError(f"{path / name}: shape {array.shape}, expected (rows, {split.n_points}, 2)")
-    return Run(path=path, name=path.name, oof=oof, test=test, metrics=metrics, split=split)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _read_lock(path: Path) -> LockHolder | None:
+    try:
+        data = json.loads(path.read_text())
+        return LockHolder(int(data["pid"]), str(data["host"]), float(data["started"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return LockHolder(-1, "?", path.stat().st_mtime if path.exists() else 0.0)  # garbage: treated as stale
+
+
+def acquire_lock(path: Path, what: str) -> None:
+    """Create ``path`` exclusively for this process; a lock of a dead process on this host is taken over.
+
+    Raises:
+        KitError: a live process (or one on another host, which can't be checked) holds it.
+    """
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder is None:
+                continue
+            if holder.pid == me["pid"] and holder.host == me["host"]:
+                return
+            if holder.host == me["host"] and (holder.pid < 0 or not _alive(holder.pid)):
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise KitError(f"{path.parent}: {what} is being trained by {holder.describe()}; wait for it or choose "
+                           f"other --folds (delete {path.name} if that process is gone)")
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return
+    raise KitError(f"{path}: could not take the lock")
+
+
+def release_lock(path: Path) -> None:
+    holder = _read_lock(path)
+    if holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname():
+        path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The folder of one run, and every read and write of it."""
+
+    path: Path
+
+    @classmethod
+    def under(cls, out_dir: str | Path, name: str) -> RunDir:
+        """``out_dir/name``; the name must be a plain name so the run can't land outside ``out_dir``."""
+        return cls(Path(out_dir) / check_name(name, "run name"))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def pipeline_file(self) -> Path:
+        return self.path / PIPELINE_FILE
+
+    @property
+    def split_file(self) -> Path:
+        return self.path / SPLIT_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / REPORT_FILE
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.path / f"fold{fold}"
+
+    def checkpoint(self, fold: int, kind: Literal["best", "last"]) -> Path:
+        return self.fold_dir(fold) / f"{kind}.pt"
+
+    def is_run(self) -> bool:
+        return self.pipeline_file.is_file()
+
+    def is_finished(self) -> bool:
+        return self.metrics_file.is_file()
+
+    # --- reading -------------------------------------------------------------------------------------------------
+
+    def read_pipeline(self) -> Pipeline:
+        from kit.config import pipeline_from_dict
+
+        if not self.pipeline_file.is_file():
+            raise KitError(f"{self.pipeline_file}: missing (not a kit run folder?)")
+        try:
+            tree = yaml.safe_load(self.pipeline_file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise KitError(f"{self.pipeline_file}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        return pipeline_from_dict(_without_other_family_keys(tree), str(self.pipeline_file))
+
+    def read_split(self) -> SplitInfo:
+        if not self.split_file.is_file():
+            raise KitError(f"{self.split_file}: missing (not a kit run folder?)")
+        return _read_record(self.split_file, SplitInfo)
+
+    def read_flip_permutation(self) -> np.ndarray | None:
+        from kit.data.flip import load_permutation
+
+        path = self.path / FLIP_FILE
+        return load_permutation(path) if path.is_file() else None
+
+    def read_fold(self, fold: int) -> FoldSummary | None:
+        """The fold's summary, or None while it is not finished."""
+        path = self.fold_dir(fold) / DONE_FILE
+        return _read_record(path, FoldSummary) if path.is_file() else None
+
+    def finished_folds(self, k: int) -> dict[int, FoldSummary]:
+        return {fold: summary for fold in range(k) if (summary := self.read_fold(fold)) is not None}
+
+    def fold_predictions(self, fold: int, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+        """The fold's (OOF rows, P, 2) and (test rows, P, 2) predictions."""
+        folder = self.fold_dir(fold)
+        return _load_array(folder / OOF_FILE, n_points), _load_array(folder / TEST_FILE, n_points)
+
+    def read_metrics(self) -> RunMetrics:
+        if not self.metrics_file.is_file():
+            raise KitError(f"{self.metrics_file}: missing (is the run finished?)")
+        return _read_record(self.metrics_file, RunMetrics)
+
+    def load(self) -> Run:
+        """The finished run.
+
+        Raises:
+            KitError: a file is missing, unreadable, or the shapes disagree with ``metrics.json``.
+        """
+        for path in (self.path / OOF_FILE, self.path / TEST_FILE, self.metrics_file):
+            if not path.is_file():
+                raise KitError(f"{path}: missing (is the run finished?)")
+        metrics = self.read_metrics()
+        oof = _load_array(self.path / OOF_FILE, metrics.split.n_points)
+        test = _load_array(self.path / TEST_FILE, metrics.split.n_points)
+        return Run(path=self.path, name=self.path.name, oof=oof, test=test, metrics=metrics, split=metrics.split)
+
+    # --- claiming and writing ------------------------------------------------------------------------------------
+
+    def check_folds(self, identity: Identity, k: int) -> dict[int, FoldSummary]:
+        """The finished folds, all of this identity.
+
+        Raises:
+            KitError: a finished fold was produced by another pipeline, split or kit version, naming it.
+        """
+        finished = self.finished_folds(k)
+        for fold, summary in finished.items():
+            differs = summary.identity.differences(identity)
+            if differs:
+                raise KitError(f"{self.fold_dir(fold)}: finished with another {' and '.join(differs)} than this run "
+                               f"({self.name}); delete that fold folder or use another run name")
+        return finished
+
+    @contextlib.contextmanager
+    def claim(self, pipeline: Pipeline, split: SplitInfo, folds: Sequence[int],
+              flip_perm: np.ndarray | None = None) -> Iterator[dict[int, FoldSummary]]:
+        """Lock ``folds`` of the run for this process and record its pipeline and split; yields the finished folds.
+
+        A run with no finished fold is not a claim: its pipeline and split are replaced, and checkpoints of
+        another identity are discarded, so that a corrected command starts cleanly.
+
+        Raises:
+            KitError: finished folds of another identity, or a fold locked by a live process.
+        """
+        identity = Identity.of(pipeline, split)
+        k = max(folds, default=-1) + 1
+        finished = self.check_folds(identity, max(k, self._known_folds()))
+        locks: list[Path] = []
+        try:
+            for fold in folds:
+                if fold in finished:
+                    continue
+                self.fold_dir(fold).mkdir(parents=True, exist_ok=True)
+                lock = self.fold_dir(fold) / LOCK_FILE
+                acquire_lock(lock, f"fold {fold}")
+                locks.append(lock)
+                self._discard_foreign_checkpoint(fold, identity)
+            finished = self.check_folds(identity, max(k, self._known_folds()))  # another process may have finished
+            self.record(pipeline, split, flip_perm)
+            yield finished
+        finally:
+            for lock in locks:
+                release_lock(lock)
+
+    def record(self, pipeline: Pipeline, split: SplitInfo, flip_perm: np.ndarray | None) -> None:
+        """Write the run's pipeline, split and flip permutation."""
+        from kit.config import dump_pipeline
+        from kit.data.flip import save_permutation
+
+        write_text(self.pipeline_file, dump_pipeline(pipeline))
+        write_json(self.split_file, split.to_dict())
+        if flip_perm is not None:
+            save_permutation(self.path / FLIP_FILE, flip_perm)
+        else:
+            (self.path / FLIP_FILE).unlink(missing_ok=True)
+
+    def _known_folds(self) -> int:
+        folds = [int(p.name[4:]) for p in self.path.glob("fold*") if p.name[4:].isdigit()] if self.path.is_dir() else []
+        return max(folds, default=-1) + 1
+
+    def _discard_foreign_checkpoint(self, fold: int, identity: Identity) -> None:
+        """Remove a resumable checkpoint written under another identity (the run was not claimed by it)."""
+        from kit.checkpoint import read_identity
+
+        last = self.checkpoint(fold, "last")
+        if last.is_file() and read_identity(last) != identity:
+            last.unlink()
+            self.checkpoint(fold, "best").unlink(missing_ok=True)
+
+    def write_fold(self, fold: int, summary: FoldSummary, oof: np.ndarray, test: np.ndarray) -> None:
+        """Write a finished fold: its predictions, then ``done.json`` last."""
+        folder = self.fold_dir(fold)
+        save_npy(folder / OOF_FILE, np.asarray(oof, dtype=np.float32))
+        save_npy(folder / TEST_FILE, np.asarray(test, dtype=np.float32))
+        write_json(folder / DONE_FILE, summary.model_dump(mode="json"))
+
+    def assemble(self, pipeline: Pipeline, split: SplitInfo, truth: np.ndarray, folds: np.ndarray,
+                 lineage: Sequence[str] = (), source_oof_mse: float | None = None,
+                 report: Callable | None = None, warn: Callable[[str], None] = print) -> RunMetrics | None:
+        """Combine the finished folds into ``oof.npy``, ``test.npy``, ``report.png`` and ``metrics.json``.
+
+        Args:
+            truth: (N, P, 2) training points in original pixels; folds: (N,) fold of each row.
+            report: optional ``report(path, summaries, oof)`` that writes ``report.png`` (never fatal: a failure
+                is passed to ``warn``).
+
+        Returns:
+            The run's metrics, or None while some folds are not finished.
+        """
+        from kit.metrics import mse
+
+        k = int(folds.max()) + 1
+        identity = Identity.of(pipeline, split)
+        finished = self.check_folds(identity, k)
+        if len(finished) < k:
+            return None
+        n_points = truth.shape[1]
+        oof = np.zeros(truth.shape, dtype=np.float32)
+        tests = []
+        summaries = [finished[f] for f in range(k)]
+        for fold in range(k):
+            fold_oof, fold_test = self.fold_predictions(fold, n_points)
+            rows = np.flatnonzero(folds == fold)
+            if len(fold_oof) != len(rows):
+                raise KitError(f"{self.fold_dir(fold) / OOF_FILE}: {len(fold_oof)} rows, fold {fold} has {len(rows)}")
+            oof[rows] = fold_oof
+            tests.append(np.asarray(fold_test))
+        test = np.mean(tests, axis=0).astype(np.float32)
+        started = time.perf_counter()
+        save_npy(self.path / OOF_FILE, oof)
+        save_npy(self.path / TEST_FILE, test)
+        if report is not None:
+            try:
+                report(self.report_file, summaries, oof)
+            except Exception as exc:  # the report is a convenience; never lose the run over a plot
+                warn(f"{self.report_file} not written: {type(exc).__name__}: {exc}")
+        metrics = RunMetrics(
+            name=pipeline.name, family=pipeline.model.family, backbone=pipeline.model.backbone,
+            oof_mse=mse(oof, truth), folds=tuple(s.score() for s in summaries),
+            wall_seconds=sum(s.wall_seconds for s in summaries),
+            images_per_second=float(np.mean([s.images_per_second for s in summaries])),
+            tta=pipeline.tta.model_dump(), split=split, identity=identity, lineage=tuple(lineage),
+            source_oof_mse=source_oof_mse, report_seconds=time.perf_counter() - started,
+        )
+        write_json(self.metrics_file, metrics.model_dump(mode="json"))  # written last: the run is finished
+        return metrics
+
+
+@contextlib.contextmanager
+def new_run_dir(target: RunDir, force: bool) -> Iterator[RunDir]:
+    """A fresh run folder written beside ``target`` and moved onto it when complete.
+
+    Without ``force`` an existing target is refused; with it, it is replaced only once the new run is complete
+    (a failure leaves the old run as it was). Only kit runs are ever replaced.
+
+    Raises:
+        KitError: the target exists (without force) or is not a kit run.
+    """
+    if target.path.exists():
+        if not force:
+            raise KitError(f"{target.path}: exists (choose another name, or --force to replace it)")
+        if not target.is_run():
+            raise KitError(f"{target.path}: exists and is not a kit run; not replacing it")
+    staging = target.path.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield RunDir(staging)
+        old = target.path.with_name(f".{target.name}.old{os.getpid()}")
+        if target.path.exists():
+            os.replace(target.path, old)
+        os.replace(staging, target.path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -27,8 +27,8 @@ from kit.cli import app
 from kit.data.folds import make_folds, write_folds
 from kit.data.landmarks import point_columns, read_test_points
 from kit.errors import KitError
-from kit.io import file_sha256
-from kit.runs import names_sha256
+from kit.io import file_sha256, refuse_inside
+from kit.runs import load_run, names_sha256
 from kit.submit.format import select_requested, validate_submission
 
 runner = CliRunner()
@@ -80,7 +80,11 @@ def write_run(path: Path, oof: np.ndarray, test: np.ndarray, split: dict, truth:
     np.save(path / "oof.npy", oof.astype(np.float32))
     np.save(path / "test.npy", test.astype(np.float32))
     oof_mse = float(np.mean((oof - truth) ** 2)) if truth is not None else 0.0
-    (path / "metrics.json").write_text(json.dumps({"oof_mse": oof_mse, "split": split}))
+    metrics = {
+        "name": path.name, "family": "regression", "backbone": "test", "oof_mse": oof_mse, "folds": [],
+        "wall_seconds": 0.0, "images_per_second": 0.0, "tta": {}, "split": split,
+    }
+    (path / "metrics.json").write_text(json.dumps(metrics))
     return path
 
 
@@ -344,8 +348,64 @@ def test_failed_blend_leaves_old_files_untouched(comp, tmp_path, monkeypatch):
 
     monkeypatch.setattr("kit.blend.blend.plot_point_errors", boom)
     with pytest.raises(RuntimeError):
-        blend_runs(runs, root, method="mean", name="keep", out_dir=out)
+        blend_runs(runs, root, method="mean", name="keep", out_dir=out, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_provenance_hashes_the_runs_artifact_files(comp, tmp_path):
+    root, truth, test_truth = comp
+    runs = noisy_runs(root, truth, test_truth, sigmas=(1.0, 2.0))
+    record = json.loads(blend_runs(runs, root, name="p", out_dir=tmp_path / "subs").json.read_text())
+    for entry, path in zip(record["inputs"], runs, strict=True):
+        files = load_run(path).artifact_files()
+        assert set(entry) == {"run", "path"} | {f"{name}_sha256" for name in files}
+        assert all(entry[f"{name}_sha256"] == file_sha256(file) for name, file in files.items())
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["train", ".", "new/sub", "link/train"])
+def test_refuses_an_out_dir_inside_the_data(comp, tmp_path, where):
+    root, truth, test_truth = comp
+    runs = noisy_runs(root, truth, test_truth, sigmas=(1.0,))
+    (tmp_path / "link").symlink_to(root)
+    out = tmp_path / where if where.startswith("link") else root / where
+    before = _snapshot(root)
+    with pytest.raises(KitError, match="inside the competition folder") as info:
+        blend_runs(runs, root, name="landmarks", out_dir=out)
+    assert str(out) in str(info.value) and str(root) in str(info.value) and "\n" not in str(info.value)
+    assert _snapshot(root) == before and not (root / "new").exists()
+
+
+def test_refuses_an_out_dir_inside_a_run(comp, tmp_path):
+    root, truth, test_truth = comp
+    runs = noisy_runs(root, truth, test_truth, sigmas=(1.0, 2.0))
+    before = _snapshot(runs[1])
+    with pytest.raises(KitError, match="inside the run folder"):
+        blend_runs(runs, root, name="metrics", out_dir=runs[1])
+    assert _snapshot(runs[1]) == before
+
+
+def test_existing_outputs_need_force(comp, tmp_path):
+    root, truth, test_truth = comp
+    runs = noisy_runs(root, truth, test_truth, sigmas=(1.0, 2.0))
+    out = tmp_path / "subs"
+    blend_runs(runs, root, method="mean", name="b", out_dir=out)
+    before = _snapshot(out)
+    with pytest.raises(KitError, match="already exists; pass --force") as info:
+        blend_runs(runs, root, method="weights", name="b", out_dir=out)
+    assert str(out / "b.csv") in str(info.value)
+    assert _snapshot(out) == before
+    (out / "b.csv").unlink()  # any one of the three is enough to refuse
+    with pytest.raises(KitError, match="b.json: already exists"):
+        blend_runs(runs, root, method="weights", name="b", out_dir=out)
+    result = blend_runs(runs, root, method="weights", name="b", out_dir=out, force=True)
+    after = _snapshot(out)
+    assert set(after) == {"b.csv", "b.json", "b.png"}
+    assert json.loads(after["b.json"])["method"] == "weights" and after["b.json"] != before["b.json"]
+    assert json.loads(after["b.json"])["submission_sha256"] == file_sha256(result.csv)
 
 
 # ---------------------------------------------------------------- CLI
@@ -374,3 +434,45 @@ def test_cli_blend_errors(comp, tmp_path):
     assert bad_method.exit_code == 2
     bad_name = runner.invoke(app, ["blend", str(runs[0]), "--data", str(root), "--name", "../x"])
     assert bad_name.exit_code == 1 and "--name" in bad_name.stderr
+
+
+def test_cli_blend_refuses_out_dir_inside_data(comp, tmp_path):
+    root, truth, test_truth = comp
+    runs = noisy_runs(root, truth, test_truth, sigmas=(1.0, 1.5))
+    landmarks = (root / "train" / "landmarks.csv").read_bytes()
+    args = ["blend", *map(str, runs), "--data", str(root), "--name", "landmarks", "--out-dir", str(root / "train")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"--out-dir {root / 'train'}: inside the competition folder {root}" in " ".join(result.stderr.split())
+    assert (root / "train" / "landmarks.csv").read_bytes() == landmarks
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["landmarks.csv"]
+
+
+def test_cli_blend_force(comp, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    root, truth, test_truth = comp
+    runs = noisy_runs(root, truth, test_truth, sigmas=(1.0, 1.5))
+    out = tmp_path / "subs"
+    args = ["blend", *map(str, runs), "--data", str(root), "--name", "s", "--out-dir", str(out)]
+    assert runner.invoke(app, [*args, "--method", "mean"]).exit_code == 0
+    before = _snapshot(out)
+    refused = runner.invoke(app, [*args, "--method", "weights"])
+    assert refused.exit_code == 1 and "already exists" in refused.stderr and "--force" in refused.stderr
+    assert _snapshot(out) == before
+    forced = runner.invoke(app, [*args, "--method", "weights", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((out / "s.json").read_text())["method"] == "weights"
+    assert set(_snapshot(out)) == {"s.csv", "s.json", "s.png"}
+
+
+def test_refuse_inside(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for inside in (root, root / "train", root / "not" / "yet", Path("data/train/../x"), Path("other/../data")):
+        with pytest.raises(KitError, match=r"^--out-dir .*: inside the competition folder .*data; write outputs"):
+            refuse_inside(inside, Path("data"), "--out-dir")
+    for outside in (tmp_path / "data2", tmp_path, root / ".." / "subs", Path("data-subs")):
+        refuse_inside(outside, root, "--out-dir")
+    with pytest.raises(KitError, match="--out-dir data/train: inside the competition folder data; write"):
+        refuse_inside(Path("data/train"), Path("data"), "--out-dir")

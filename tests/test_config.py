@@ -1,13 +1,24 @@
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from typer.testing import CliRunner
 
 from kit.cli import app
-from kit.config import Pipeline, apply_overrides, dump_pipeline, load_pipeline, pipeline_from_dict
+from kit.config import Pipeline, PretrainedConfig, apply_overrides, dump_pipeline, load_pipeline, pipeline_from_dict
 from kit.errors import KitError
+from kit.models import create_model, family_config, list_families
+from kit.models.heatmap import HeatmapModelConfig
+from kit.models.regression import RegressionConfig
 
 PIPELINES = sorted((Path(__file__).parent.parent / "pipelines").glob("*.yaml"))
+# One non-default model section per family, with a family-specific field set.
+FAMILY_SECTIONS = {
+    "regression": {"family": "regression", "backbone": "test_resnet", "drop_rate": 0.2},
+    "heatmap": {"family": "heatmap", "backbone": "tu-test_resnet",
+                "heatmap": {"stride": 2, "decoder": "dark", "arch_kwargs": {"decoder_attention_type": "scse"}}},
+}
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
@@ -59,9 +70,82 @@ def test_override_of_unknown_key_fails(tmp_path):
 
 def test_dump_round_trips():
     pipeline = Pipeline(name="x")
-    import yaml
-
+    assert isinstance(pipeline.model, RegressionConfig)  # omitted family: regression
     assert Pipeline.model_validate(yaml.safe_load(dump_pipeline(pipeline))) == pipeline
+
+
+def test_every_family_has_a_round_trip_section():
+    assert sorted(FAMILY_SECTIONS) == list_families()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_SECTIONS))
+def test_family_section_is_its_class_and_round_trips(family):
+    pipeline = pipeline_from_dict({"name": "x", "model": FAMILY_SECTIONS[family]})
+    assert type(pipeline.model) is family_config(family)
+    tree = pipeline.model_dump(mode="json")
+    specific = set(FAMILY_SECTIONS[family]) - {"family", "backbone"}
+    assert specific <= set(tree["model"]) and tree["model"]["family"] == family
+    assert pipeline_from_dict(tree) == pipeline
+    assert Pipeline.model_validate(yaml.safe_load(dump_pipeline(pipeline))) == pipeline
+    # The model_copy pattern of kit.predict keeps the family's class and fields.
+    bare = pipeline.model_copy(update={"model": pipeline.model.model_copy(update={"pretrained": PretrainedConfig()})})
+    assert type(bare.model) is type(pipeline.model) and bare.model_dump(mode="json") == tree
+
+
+def test_instance_of_a_family_class_is_accepted():
+    pipeline = Pipeline(name="x", model=HeatmapModelConfig(backbone="tu-test_resnet"))
+    assert pipeline.model.family == "heatmap" and pipeline.model.heatmap.stride == 4
+
+
+def test_unknown_family_lists_the_registered_ones(tmp_path):
+    choices = ", ".join(list_families())
+    assert choices == "heatmap, regression"
+    with pytest.raises(KitError) as error:
+        pipeline_from_dict({"name": "x", "model": {"family": "foo"}}, "cfg")
+    assert str(error.value) == f"cfg: key 'model.family': unknown model family 'foo' (choose from {choices})"
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nmodel: {family: regression}\n")
+    with pytest.raises(KitError) as error:
+        load_pipeline(path, ["model.family=foo"])
+    assert str(error.value) == f"{path}: key 'model.family': unknown model family 'foo' (choose from {choices})"
+
+
+@pytest.mark.parametrize("model, key", [
+    ({"heatmap": {"stride": 2}}, "model.heatmap"),  # omitted family: regression
+    ({"family": "regression", "heatmap": {}}, "model.heatmap"),
+    ({"family": "heatmap", "drop_rate": 0.1}, "model.drop_rate"),
+    ({"family": "heatmap", "heatmap": {"strid": 2}}, "model.heatmap.strid"),
+])
+def test_key_of_another_family_is_unknown(model, key):
+    with pytest.raises(KitError) as error:
+        pipeline_from_dict({"name": "x", "model": model}, "cfg")
+    assert str(error.value) == f"cfg: unknown key '{key}'"
+
+
+def test_heatmap_overrides_keep_their_keys(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nmodel: {family: heatmap, backbone: tu-resnet34, heatmap: {stride: 4}}\n")
+    pipeline = load_pipeline(path, ["model.heatmap.stride=2", "model.heatmap.decoder=dark"])
+    assert pipeline.model.heatmap.stride == 2 and pipeline.model.decoder == "dark"
+    with pytest.raises(KitError, match=r"key 'model\.heatmap\.stride'"):
+        load_pipeline(path, ["model.heatmap.stride=3"])
+
+
+N_POINTS = 10
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_shipped_pipelines_build_and_decode(path, monkeypatch, tmp_path):
+    monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path))  # package weights: converted offline into an empty cache
+    pipeline = load_pipeline(path)
+    if pipeline.model.pretrained.source == "hub":  # no network here
+        pipeline = load_pipeline(path, ["model.pretrained.source=none"])
+    torch.manual_seed(0)
+    model = create_model(pipeline, N_POINTS).eval()
+    size = pipeline.input.size
+    with torch.no_grad():
+        points = model.decode(model(torch.randn(1, 3, size, size)))
+    assert points.shape == (1, N_POINTS, 2) and torch.isfinite(points).all()
 
 
 def test_cli_bad_pipeline_exits_nonzero(tmp_path):

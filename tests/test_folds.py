@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -44,8 +46,16 @@ def test_too_few_images_or_groups():
 def test_write_and_load(tmp_path):
     folds = make_folds(NAMES, k=5, seed=0)
     digest = write_folds(tmp_path / "folds.csv", folds)
-    assert len(digest) == 64
+    assert digest == hashlib.sha256((tmp_path / "folds.csv").read_bytes()).hexdigest()
     np.testing.assert_array_equal(load_folds(tmp_path / "folds.csv", NAMES), folds["fold"].to_numpy())
+
+
+def test_digest_identifies_the_split(tmp_path):
+    digest = write_folds(tmp_path / "a.csv", make_folds(NAMES, k=5, seed=0))
+    assert write_folds(tmp_path / "b.csv", make_folds(NAMES, k=5, seed=0)) == digest  # same split, same digest
+    assert write_folds(tmp_path / "a.csv", make_folds(NAMES, k=5, seed=0)) == digest  # rewritten in place
+    other = write_folds(tmp_path / "c.csv", make_folds(NAMES, k=5, seed=1))
+    assert other != digest and other == hashlib.sha256((tmp_path / "c.csv").read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize(

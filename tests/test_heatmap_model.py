@@ -14,9 +14,9 @@ from kit.errors import KitError
 from kit.losses import awing_weight_map, heatmap_adaptive_wing, heatmap_l2
 from kit.models import create_model
 from kit.models.base import LandmarkModel
-from kit.models.heatmap import HeatmapModel
+from kit.models.heatmap import HeatmapConfig, HeatmapModel, HeatmapModelConfig
 from kit.models.regression import RegressionModel
-from kit.train.engine import predict
+from kit.predict.tta import predict_points as predict
 
 warnings.filterwarnings("ignore", category=UserWarning)
 SIZE, N_POINTS = 64, 6
@@ -64,6 +64,21 @@ def test_config_errors_name_the_key():
         pipeline = _pipeline().model_dump()
         pipeline["model"]["pretrained"] = {"source": "package", "package": "efficientnet-lite0"}
         create_model(pipeline_from_dict(pipeline), N_POINTS)
+
+
+def test_decoder_hooks():
+    heatmap = _pipeline(decoder="dark").model
+    assert isinstance(heatmap, HeatmapModelConfig) and isinstance(heatmap.heatmap, HeatmapConfig)
+    assert heatmap.decoder == "dark"
+    other = heatmap.with_decoder("argmax")
+    assert isinstance(other, HeatmapModelConfig) and other.decoder == "argmax" and heatmap.decoder == "dark"
+    assert other.model_copy(update={"heatmap": heatmap.heatmap}) == heatmap  # nothing else changed
+    with pytest.raises(KitError, match="--decoder 'nearest': Input should be 'argmax'"):
+        heatmap.with_decoder("nearest")
+    regression = _pipeline("regression", "test_resnet").model
+    assert regression.decoder is None
+    with pytest.raises(KitError, match=r"^--decoder: model family 'regression' has no decoder option$"):
+        regression.with_decoder("dark")
 
 
 def test_heatmap_losses_on_perfect_and_separable_targets():

@@ -1,11 +1,15 @@
+from typing import Literal
+
+import huggingface_hub.constants
+import huggingface_hub.errors
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 
-from kit.config import Pipeline
+from kit.config import ModelConfig, Pipeline, pipeline_from_dict
 from kit.errors import KitError
-from kit.models import create_model, list_families
+from kit.models import _registry, create_model, family_config, list_families, register_family
 from kit.models.regression import from_normalised, to_normalised
 from kit.models.weights import import_package_weights
 
@@ -29,10 +33,32 @@ def test_normalised_coordinates_round_trip_and_span_the_edges():
     assert to_normalised(torch.tensor([-0.5, 63.5]), 64).tolist() == [-1.0, 1.0]
 
 
-def test_unknown_family_and_backbone_name_choices():
+def test_unknown_backbone_name():
     with pytest.raises(KitError, match="unknown timm model 'no_such_net'"):
         create_model(_pipeline(backbone="no_such_net"), n_points=3)
-    assert "regression" in list_families()
+
+
+class _FakeConfig(ModelConfig):
+    family: Literal["fake"] = "fake"
+    width: int = 4  # a field of this family only
+
+
+def test_a_registered_family_validates_builds_and_unregistered_is_refused(monkeypatch):
+    monkeypatch.setattr(_registry, "_FAMILIES", dict(_registry._FAMILIES))
+    built = []
+    register_family("fake", config=_FakeConfig)(lambda pipeline, n_points: built.append(pipeline) or "model")
+    assert family_config("fake") is _FakeConfig and "fake" in list_families()
+    pipeline = pipeline_from_dict({"name": "t", "model": {"family": "fake", "width": 8}})
+    assert isinstance(pipeline.model, _FakeConfig) and pipeline.model.width == 8
+    assert create_model(pipeline, n_points=3) == "model" and built == [pipeline]
+    del _registry._FAMILIES["fake"]
+    with pytest.raises(KitError, match=r"^unknown model family 'fake' \(choose from heatmap, regression\)$"):
+        create_model(pipeline, n_points=3)
+
+
+def test_family_registration_needs_its_config_class():
+    with pytest.raises(TypeError, match="family defaulting to 'other'"):
+        register_family("other", config=_FakeConfig)
 
 
 def test_pretrained_file_drops_classifier_and_loads(tmp_path):
@@ -60,11 +86,14 @@ def test_missing_checkpoint_file():
 
 
 def test_hub_offline_gives_clear_error(monkeypatch, tmp_path):
+    # huggingface_hub reads its environment once, at import: set its module constants as well.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(KitError, match="cannot load pretrained 'resnet18' from the hub.*source=file"):
+    with pytest.raises(KitError, match="cannot load pretrained 'resnet18' from the hub.*source=file") as error:
         create_model(_pipeline(backbone="resnet18", pretrained={"source": "hub"}), n_points=3)
+    assert isinstance(error.value.__context__, huggingface_hub.errors.LocalEntryNotFoundError)  # the real hub path
 
 
 def test_package_weights_import_and_load(monkeypatch, tmp_path):

@@ -16,8 +16,8 @@ from kit.data.folds import make_folds, write_folds
 from kit.errors import KitError
 from kit.io import file_sha256
 from kit.metrics import mse
-from kit.predict import repredict
-from kit.runs import load_run
+from kit.predict.repredict import repredict
+from kit.runs import RunDir, load_run
 from kit.train import fold_train
 
 TINY_HEATMAP = {
@@ -50,7 +50,15 @@ def test_same_settings_reproduce_the_source_predictions(finished_run):
     result = repredict(run_dir, data, name="hm-again")
     np.testing.assert_allclose(np.load(result.run_dir / "oof.npy"), np.load(run_dir / "oof.npy"), atol=1e-4)
     np.testing.assert_allclose(np.load(result.run_dir / "test.npy"), np.load(run_dir / "test.npy"), atol=1e-4)
-    assert result.metrics["oof_mse"] == pytest.approx(result.source_oof_mse, rel=1e-4)
+    assert result.metrics.oof_mse == pytest.approx(result.source_oof_mse, rel=1e-4)
+    # real fold records: the source fold's training figures, the new MSE, the source named in the lineage
+    source, again = RunDir(run_dir), RunDir(result.run_dir)
+    for fold in range(2):
+        old, new = source.read_fold(fold), again.read_fold(fold)
+        assert new.history == old.history and new.best_epoch == old.best_epoch >= 0
+        assert new.source == str(run_dir.resolve()) and new.source_mse == old.mse
+        assert new.mse == pytest.approx(old.mse, rel=1e-4)
+    assert result.metrics.lineage == (str(run_dir.resolve()),)
 
 
 def test_cli_writes_a_new_blendable_run_with_tta_and_decoder(finished_run):
@@ -69,7 +77,7 @@ def test_cli_writes_a_new_blendable_run_with_tta_and_decoder(finished_run):
     pipeline = yaml.safe_load((new / "pipeline.yaml").read_text())
     assert pipeline["name"] == "hm-hflip-dark" and pipeline["tta"]["hflip"] is True
     assert pipeline["model"]["heatmap"]["decoder"] == "dark"
-    assert run.metrics["source"] == str(run_dir)
+    assert run.metrics.lineage == (str(run_dir.resolve()),)
     assert _digest(run_dir) == before  # the source run is untouched
 
 
@@ -80,6 +88,8 @@ def test_refuses_to_overwrite_the_source_or_an_existing_run(finished_run):
     (run_dir.parent / "taken").mkdir()
     with pytest.raises(KitError, match="exists"):
         repredict(run_dir, data, name="taken")
+    with pytest.raises(KitError, match=r"--name '\.\./up'"):
+        repredict(run_dir, data, name="../up")
     with pytest.raises(KitError, match="not a kit run"):
         repredict(run_dir, data, name="taken", force=True)  # --force replaces runs only, never other folders
 

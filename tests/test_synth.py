@@ -8,8 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from kit.synth import generate_competition, make_template
+from kit.cli import app
+from kit.errors import KitError
+from kit.synth import competition, generate_competition, make_template
 
 N_TRAIN, N_TEST, N_REQUESTED = 40, 8, 30
 
@@ -139,6 +142,8 @@ def test_refuses_non_empty_and_bad_args(tmp_path):
     (out / "keep.txt").write_text("x")
     with pytest.raises(ValueError, match="busy"):
         generate_competition(out, n_train=1, n_test=1)
+    with pytest.raises(ValueError, match="not a synthetic competition"):  # --force replaces only a synth folder
+        generate_competition(out, n_train=1, n_test=1, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     with pytest.raises(ValueError, match="n_requested"):
         generate_competition(tmp_path / "x", n_train=1, n_test=1, n_points=100, n_requested=101)
@@ -155,3 +160,102 @@ def test_failed_run_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         generate_competition(tmp_path / "out", n_train=3, n_test=1, progress=boom)
     assert list(tmp_path.iterdir()) == []
+
+
+SMALL = {"n_train": 3, "n_test": 1, "n_points": 100, "n_requested": 5}
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_force_replaces_an_old_synthetic_competition(tmp_path):
+    out = tmp_path / "comp"
+    generate_competition(out, seed=1, **SMALL)
+    (out / "train" / "extra.txt").write_text("stale")
+    old = _snapshot(out)
+    with pytest.raises(ValueError, match="already exists.*--force"):
+        generate_competition(out, seed=2, **SMALL)
+    assert _snapshot(out) == old
+    generate_competition(out, seed=2, force=True, **SMALL)
+    generate_competition(tmp_path / "fresh", seed=2, **SMALL)
+    assert _snapshot(out) == _snapshot(tmp_path / "fresh")  # nothing of the old folder is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["comp", "fresh"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_failed_forced_run_keeps_the_old_folder(tmp_path, monkeypatch, error):
+    out = tmp_path / "comp"
+    generate_competition(out, seed=1, **SMALL)
+    old = _snapshot(out)
+    calls = []
+    render = competition.make_image
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise error("renderer failed")
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(competition, "make_image", failing)
+    with pytest.raises(error):
+        generate_competition(out, seed=2, force=True, **SMALL)
+    assert len(calls) == 3
+    assert _snapshot(out) == old
+    assert [p.name for p in tmp_path.iterdir()] == ["comp"]  # no temporary folder left behind
+
+
+def test_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    out = tmp_path / "comp"
+    generate_competition(out, seed=1, **SMALL)
+    old = _snapshot(out)
+    replace = competition.os.replace
+
+    def failing_replace(src, dst):
+        if Path(src).name.endswith(".partial"):
+            raise OSError("disk gone")
+        return replace(src, dst)
+
+    monkeypatch.setattr(competition.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk gone"):
+        generate_competition(out, seed=2, force=True, **SMALL)
+    monkeypatch.undo()
+    assert _snapshot(out) == old
+    assert [p.name for p in tmp_path.iterdir()] == ["comp"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("where", ["train/new", "private", "other/deeper"])
+def test_refuses_to_write_inside_a_competition(make_competition, where, force):
+    tiny = make_competition()
+    before = _snapshot(tiny.root)
+    out = tiny.root / where
+    with pytest.raises(KitError, match="inside the competition folder") as info:
+        generate_competition(out, force=force, **SMALL)
+    assert str(out) in str(info.value) and "\n" not in str(info.value)
+    assert _snapshot(tiny.root) == before and not (tiny.root / "other").exists()
+
+
+def test_force_does_not_replace_a_real_competition(make_competition):
+    tiny = make_competition(private=False)  # the downloaded layout: no private answers
+    before = _snapshot(tiny.root)
+    with pytest.raises(ValueError, match="not a synthetic competition"):
+        generate_competition(tiny.root, force=True, **SMALL)
+    assert _snapshot(tiny.root) == before
+
+
+def test_cli_synth_force_and_errors(tmp_path, make_competition):
+    runner = CliRunner()
+    out = tmp_path / "comp"
+    args = ["synth", str(out), "--n-train", "3", "--n-test", "1", "--n-points", "100", "--n-requested", "5"]
+    assert runner.invoke(app, [*args, "--seed", "1"]).exit_code == 0
+    old = _snapshot(out)
+    refused = runner.invoke(app, [*args, "--seed", "2"])
+    assert refused.exit_code == 1 and "already exists" in refused.stderr and "--force" in refused.stderr
+    assert _snapshot(out) == old
+    forced = runner.invoke(app, [*args, "--seed", "2", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert _snapshot(out) != old and sorted(p.name for p in tmp_path.iterdir()) == ["comp"]
+    inside = runner.invoke(app, ["synth", str(out / "train" / "x"), "--force", "--n-train", "1", "--n-test", "1"])
+    assert inside.exit_code == 1 and "inside the competition folder" in inside.stderr
+    assert "Traceback" not in inside.output and not (out / "train" / "x").exists()

@@ -19,6 +19,7 @@ from kit.data.folds import make_folds, write_folds
 from kit.errors import KitError
 from kit.metrics import mse
 from kit.synth import generate_competition
+from kit.runs import Identity, RunDir, SplitInfo, load_run
 from kit.train import fold_train
 
 TINY = [
@@ -51,9 +52,15 @@ def test_fold_train_writes_the_run_contract(tiny_data, tmp_path):
     assert oof.shape == (24, 100, 2) and oof.dtype == np.float32
     assert test.shape == (6, 100, 2) and test.dtype == np.float32
     on_disk = json.loads((run / "metrics.json").read_text())
-    assert on_disk["oof_mse"] == pytest.approx(mse(oof, comp.train.points), rel=1e-6) == metrics["oof_mse"]
+    assert on_disk["oof_mse"] == pytest.approx(mse(oof, comp.train.points), rel=1e-6) == metrics.oof_mse
     assert [f["fold"] for f in on_disk["folds"]] == [0, 1, 2]
-    assert on_disk["split"]["n_points"] == 100 and len(on_disk["split"]["folds_sha256"]) == 64
+    assert on_disk["split"] == SplitInfo.of(comp).to_dict()
+    assert on_disk["identity"] == Identity.of(pipeline, SplitInfo.of(comp)).model_dump()
+    # every fold records what produced it, and the run reads back through the contract
+    for fold in range(3):
+        summary = RunDir(run).read_fold(fold)
+        assert summary.identity == Identity.of(pipeline, SplitInfo.of(comp)) and len(summary.history) == 2
+    assert load_run(run).metrics == metrics
     assert (run / "report.png").stat().st_size > 1000
     assert (run / "pipeline.yaml").is_file() and (run / "split.json").is_file()
     # test predictions are the mean of the fold predictions
@@ -79,7 +86,7 @@ def test_rerun_skips_finished_folds_and_refuses_a_changed_pipeline(tiny_data, tm
                                       str(tmp_path / "runs"), "--folds", "0", *sum((["--set", s] for s in TINY), []),
                                       "--set", "optim.lr=0.1"])
     assert result.exit_code == 1
-    assert "different pipeline" in result.output
+    assert "fold0: finished with another pipeline" in result.output
 
 
 def test_kill_9_mid_fold_then_resume(tiny_data, tmp_path):
@@ -120,9 +127,13 @@ def test_two_process_ddp_on_cpu(tiny_data, tmp_path):
         capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "runs" / "ddp" / "fold0" / "done.json").read_text())
-    assert len(summary["history"]) == 2 and np.isfinite(summary["mse"])
-    assert np.load(tmp_path / "runs" / "ddp" / "fold0" / "oof.npy").shape == (summary["n_valid"], 100, 2)
+    summary = RunDir(tmp_path / "runs" / "ddp").read_fold(0)
+    # Both ranks trained together: each saw half the rows per epoch, and their weights ended equal (checked by
+    # fold-train after training; a rank that never synchronised would have failed the run).
+    assert summary.world_size == 2 and len(summary.history) == 2 and np.isfinite(summary.mse)
+    per_rank_batches = -(-summary.n_train // 2) // 8  # DistributedSampler pads to equal shards; drop_last batches
+    assert summary.history[0].train_images == per_rank_batches * 8
+    assert RunDir(tmp_path / "runs" / "ddp").fold_predictions(0, 100)[0].shape == (summary.n_valid, 100, 2)
 
 
 @pytest.mark.parametrize("gpu_augment", [False, True])

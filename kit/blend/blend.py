@@ -4,7 +4,6 @@ nested CV, and write the submission with its provenance and picture."""
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,10 @@ from kit.blend.weights import Method
 from kit.data.competition import Competition
 from kit.data.folds import load_folds
 from kit.errors import DataError, KitError
-from kit.io import atomic_path, file_sha256, write_json
+from kit.io import atomic_path, file_sha256, refuse_inside, write_json
+from kit.names import check_name
 from kit.runs import Run, load_run, names_sha256
 from kit.submit.format import write_submission
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -148,7 +146,6 @@ def _check_finite(runs: Sequence[Run], grams: np.ndarray) -> None:
 
 def _provenance(comp: Competition, runs: Sequence[Run], labels: Sequence[str], n_folds: int) -> dict:
     """What the blend was made from, with content hashes."""
-    files = ("oof.npy", "test.npy", "metrics.json")
     return {
         "data": {
             "dir": str(comp.root),
@@ -159,10 +156,19 @@ def _provenance(comp: Competition, runs: Sequence[Run], labels: Sequence[str], n
         },
         "split": runs[0].split.to_dict(),
         "inputs": [
-            {"run": label, "path": str(run.path)} | {f"{f}_sha256": file_sha256(run.path / f) for f in files}
+            {"run": label, "path": str(run.path)}
+            | {f"{name}_sha256": file_sha256(path) for name, path in run.artifact_files().items()}
             for label, run in zip(labels, runs, strict=True)
         ],
     }
+
+
+def _refuse_existing(outputs: Sequence[Path]) -> None:
+    """Refuse to overwrite an earlier blend's files."""
+    existing = [path for path in outputs if path.exists()]
+    if existing:
+        names = ", ".join(path.name for path in outputs)
+        raise KitError(f"{existing[0]}: already exists; pass --force to replace {names} (or choose another --name)")
 
 
 def _weights_record(score: NestedScore, labels: Sequence[str]) -> dict:
@@ -180,6 +186,7 @@ def blend_runs(
     method: Method | str = Method.weights,
     name: str | None = None,
     out_dir: str | Path = Path("submissions"),
+    force: bool = False,
 ) -> BlendResult:
     """Blend finished runs and write ``out_dir/NAME.csv``, ``NAME.json`` and ``NAME.png``.
 
@@ -187,15 +194,25 @@ def blend_runs(
     folds of ``folds.csv`` (weights fitted on the other folds, scored on the held-out one), so it is comparable
     with a single run's OOF MSE. The test predictions are blended with the weights fitted on all folds.
 
+    Outputs never overwrite inputs or earlier results: ``out_dir`` must lie outside the competition folder and the
+    run folders, and an existing NAME.csv, NAME.json or NAME.png is refused unless ``force``, which replaces all
+    three together.
+
     Raises:
-        KitError: a run is missing or malformed, runs do not share one split, or they do not match the data.
+        KitError: a run is missing or malformed, runs do not share one split, they do not match the data, ``name``
+            is not a plain name, ``out_dir`` is inside the data or a run, or the outputs exist (without ``force``).
     """
     method = Method(method)
-    name = name or f"blend-{method.value}"
-    if not _NAME.fullmatch(name):
-        raise KitError(f"--name '{name}': use letters, digits, '.', '_' and '-' (no folders)")
+    name = check_name(name or f"blend-{method.value}", "--name")
     comp = open_competition(data_dir)
+    out_dir = Path(out_dir)
+    refuse_inside(out_dir, comp.root, "--out-dir")
     runs = _load_runs(run_dirs)
+    for run in runs:
+        refuse_inside(out_dir, run.path, "--out-dir", "the run folder")
+    csv_path, json_path, png_path = outputs = [out_dir / f"{name}.{ext}" for ext in ("csv", "json", "png")]
+    if not force:
+        _refuse_existing(outputs)
     check_same_split(runs)
     for run in runs:
         check_matches_data(run, comp)
@@ -217,8 +234,6 @@ def blend_runs(
         bad = next(run for run in runs if not np.isfinite(run.test).all())
         raise KitError(f"{bad.path / 'test.npy'}: NaN or infinite predictions")
 
-    out_dir = Path(out_dir)
-    csv_path, json_path, png_path = (out_dir / f"{name}.{ext}" for ext in ("csv", "json", "png"))
     best = int(np.argmin(oof_mse))
     record = {
         "name": name,
@@ -239,7 +254,7 @@ def blend_runs(
     }
     mean_face = np.asarray(truth).mean(axis=0, dtype=np.float64)
     with contextlib.ExitStack() as stack:  # all three files appear together, or none does
-        csv_tmp, json_tmp, png_tmp = (stack.enter_context(atomic_path(p)) for p in (csv_path, json_path, png_path))
+        csv_tmp, json_tmp, png_tmp = (stack.enter_context(atomic_path(p)) for p in outputs)
         write_submission(csv_tmp, blended, comp.test)
         record["submission_sha256"] = file_sha256(csv_tmp)
         write_json(json_tmp, record)

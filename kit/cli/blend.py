@@ -17,14 +17,17 @@ def blend(
     data: Annotated[Path, typer.Option(help="Competition folder (train/landmarks.csv, test/, folds.csv).")],
     method: Annotated[Method, typer.Option(help="How the runs are weighted.")] = Method.weights,
     name: Annotated[str | None, typer.Option(help="Output name (default: blend-METHOD).")] = None,
-    out_dir: Annotated[Path, typer.Option(help="Where NAME.csv, NAME.json and NAME.png go.")] = Path("submissions"),
+    out_dir: Annotated[
+        Path, typer.Option(help="Where NAME.csv, NAME.json and NAME.png go (not inside the data or a run).")
+    ] = Path("submissions"),
+    force: Annotated[bool, typer.Option(help="Replace an existing NAME.csv, NAME.json and NAME.png.")] = False,
 ) -> None:
     """Fit blend weights on the runs' OOF predictions, score them by nested CV, write the submission."""
     from rich.table import Table
 
     from kit.blend.blend import blend_runs
 
-    result = blend_runs(run_dirs, data, method=method, name=name, out_dir=out_dir)
+    result = blend_runs(run_dirs, data, method=method, name=name, out_dir=out_dir, force=force)
     per_point = " (mean over points)" if result.method is Method.per_point else ""
     table = Table(title=f"blend '{result.name}' ({result.method.value})", title_justify="left")
     table.add_column("run")

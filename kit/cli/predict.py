@@ -35,14 +35,37 @@ def predict(
 ) -> None:
     """Recompute OOF and test predictions from the fold checkpoints, without retraining, into a new run folder."""
     from kit.cli.train import RichReporter
-    from kit.predict import repredict
+    from kit.predict.repredict import repredict
 
     result = repredict(run_dir, data, tta=tta.value if tta else None, decoder=decoder.value if decoder else None,
                        name=name, force=force, reporter=RichReporter())
     source = result.source_oof_mse
     versus = f" (source {source:.4f})" if source is not None else ""
-    console.print(f"OOF MSE {result.metrics['oof_mse']:.4f}{versus}, written to {result.run_dir}", highlight=False)
+    console.print(f"OOF MSE {result.metrics.oof_mse:.4f}{versus}, written to {result.run_dir}", highlight=False)
+
+
+@handle_errors
+def infer(
+    source: Annotated[Path, typer.Argument(help="A finished run folder, or a blend's NAME.json (its runs and weights).",
+                                           exists=True)],
+    images: Annotated[Path, typer.Option(help="Folder of face images (.jpg, .png, ...).", exists=True,
+                                         file_okay=False)],
+    out: Annotated[Path, typer.Option(help="CSV to write, in the landmarks.csv layout (TAB-separated, all points).")],
+    overlays: Annotated[Path | None, typer.Option(help="Also write one PNG per image with its points here.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch (default: the run's x 2).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+) -> None:
+    """All landmarks for any folder of face images, from a run's fold models or a blend of runs."""
+    from kit.cli.train import RichReporter
+    from kit.predict.infer import infer as run_infer
+
+    result = run_infer(source, images, out, overlays=overlays, force=force, batch_size=batch_size,
+                       reporter=RichReporter())
+    extra = f", overlays in {result.overlays}" if result.overlays is not None else ""
+    console.print(f"wrote {result.csv}: {len(result.file_names)} images x {result.points.shape[1]} points "
+                  f"({result.images_per_second:,.0f} images/s){extra}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
     app.command()(predict)
+    app.command()(infer)

@@ -34,7 +34,7 @@ class RichReporter:
             self._progress.update(self._task, advance=1, info=f"loss {loss:.4f}  {images_per_second:,.0f} img/s")
 
     def end_epoch(self, fold: int, epoch: int, stats: dict) -> None:
-        from kit.train.progress import format_epoch
+        from kit.progress import format_epoch
 
         if self._progress is not None:
             self._progress.stop()
@@ -73,7 +73,7 @@ def fold_train(
     config = _pipeline(pipeline, set_)
     metrics = run_fold_train(config, data, out_dir=out, folds=folds, reporter=RichReporter())
     if metrics is not None:
-        console.print(f"OOF MSE {metrics['oof_mse']:.4f}", highlight=False)
+        console.print(f"OOF MSE {metrics.oof_mse:.4f}", highlight=False)
 
 
 @handle_errors

@@ -1,8 +1,10 @@
-"""Training augmentation with albumentations, keeping every point in order, plus a flip that swaps identities.
+"""Training geometry with albumentations in DataLoader workers, keeping every point in order, plus a flip that swaps
+identities. The photometric step runs later, on the device, on the whole batch (``kit.data.photometric``).
 
 albumentations drops points that leave the frame by default (``remove_invisible=True``), which would break the
 fixed point order: it is turned off. Its ``HorizontalFlip`` mirrors coordinates but cannot swap left/right point
-identities, so the flip is done here with the data's flip permutation.
+identities, so the flip is done here with the data's flip permutation. ``kit.data.gpu_augment`` samples the same
+geometry on the device (``augment.gpu``).
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ from kit.config import AugmentConfig  # noqa: E402
 from kit.data.flip import flip_points  # noqa: E402
 
 
-def build_augment(cfg: AugmentConfig, size: int, side: int) -> A.Compose:
-    """Random geometry on the padded ``side`` crop, an exact centre crop to ``size``, then photometric noise."""
+def build_geometry(cfg: AugmentConfig, size: int, side: int) -> A.Compose:
+    """Random zoom, rotation and shift of the padded ``side`` crop, then an exact centre crop to ``size``.
+
+    albumentations' Affine turns and zooms about the crop centre ``(side - 1) / 2``; ``translate_percent`` is a
+    fraction of the side it sees (the padded one, hence the ``size / side``) and is truncated to whole pixels; x and
+    y zoom are drawn apart unless ``keep_ratio``.
+    """
     geometric = []
     if cfg.scale or cfg.rotate or cfg.shift:
         geometric.append(
             A.Affine(
                 scale=(1 - cfg.scale, 1 + cfg.scale),
+                keep_ratio=True,
                 rotate=(-cfg.rotate, cfg.rotate),
                 translate_percent=(-cfg.shift * size / side, cfg.shift * size / side),
                 interpolation=cv2.INTER_LINEAR,
@@ -34,15 +42,8 @@ def build_augment(cfg: AugmentConfig, size: int, side: int) -> A.Compose:
                 p=1.0,
             )
         )
-    photometric = [
-        A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=cfg.color),
-        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=cfg.blur),
-        A.GaussNoise(std_range=(0.02, 0.08), p=cfg.noise),
-        A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.1, 0.3), hole_width_range=(0.1, 0.3),
-                        fill="random", p=cfg.cutout),
-    ]
     return A.Compose(
-        [*geometric, A.CenterCrop(size, size), *photometric],
+        [*geometric, A.CenterCrop(size, size)],
         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
     )
 

@@ -1,4 +1,5 @@
-"""Torch datasets over the crop cache: uint8 images (normalised later, on the device) and input-pixel points."""
+"""Torch datasets over the crop cache: uint8 images (photometric augmentation and normalisation come later, on
+the device, in ``kit.data.gpu_augment.make_batch_transform``) and points."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kit.config import AugmentConfig
-from kit.data.augment import build_augment, center_crop, hflip
+from kit.data.augment import build_geometry, center_crop, hflip
 from kit.data.prepare import CropCache
 
 
@@ -15,8 +16,9 @@ class CropDataset(Dataset):
     """Rows ``rows`` of a crop cache. Yields ``(image uint8 (S, S, 3), points (P, 2) float32, row)``.
 
     Points are in model-input pixels; for test data (no points) a zero array is returned. With ``augment`` set,
-    geometry and colour are randomised and images are mirrored with probability ``augment.hflip``, swapping point
-    identities through ``flip_perm``.
+    the geometry is randomised (zoom, rotation, shift: ``build_geometry``) and images are mirrored with probability
+    ``augment.hflip``, swapping point identities through ``flip_perm``; the photometric part of ``augment`` is left
+    to the batch transform on the device (``make_batch_transform(..., geometry_on_device=False)``).
     """
 
     def __init__(
@@ -36,13 +38,13 @@ class CropDataset(Dataset):
         self.flip_perm = flip_perm
         self.seed = seed
         self._images = None  # memory-mapped lazily, once per worker process
-        self._augment = build_augment(augment, cache.size, cache.side) if augment is not None else None
+        self._augment = build_geometry(augment, cache.size, cache.side) if augment is not None else None
         if augment is not None and augment.hflip > 0 and flip_perm is None:
             raise ValueError("horizontal flip needs the flip permutation")
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
-        """Seed the augmentation (called per DataLoader worker, so workers draw different streams)."""
+        """Seed the geometry and flips (called per DataLoader worker, so workers draw different streams)."""
         self._rng = np.random.default_rng(seed)
         if self._augment is not None:
             self._augment.set_random_seed(seed)

@@ -1,121 +1,157 @@
-"""Augmentation on the device, from the uint8 crop cache: affine + flip + colour + blur + noise + cutout + normalise.
+"""The training batch transform on the device, for both augmentation paths: geometry, photometric, normalise.
 
-At 128 px a GPU trains resnet34 faster than CPU workers can augment, so the fast path moves whole uint8 batches
-to the device and augments there: one ``grid_sample`` per batch for the geometry (flip folded into the same
-matrix), with the points moved by exactly the same matrices. No library does batched keypoint-consistent affine
-augmentation on the device for a fixed point order, hence the hand-written version.
+``make_batch_transform`` is the one factory the training loop calls. With ``geometry_on_device`` (``augment.gpu``,
+the fast path for CUDA) whole uint8 batches of padded cache crops are warped here: one ``grid_sample`` per batch,
+flip folded into the matrix, points moved by the same matrices. Without it the DataLoader workers already did the
+geometry with albumentations (``kit.data.augment``) and only the photometric step and normalisation run here. The
+photometric step (``kit.data.photometric``) is the same function in both paths, and the device geometry samples
+exactly the distribution of albumentations' ``Affine`` as ``build_geometry`` configures it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from kit.config import AugmentConfig
+from kit.data.photometric import photometric
+from kit.predict.flip import mirror_points
+from kit.predict.inputs import normalise, to_unit_float
+
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def random_affines(
-    batch: int, cfg: AugmentConfig, size: int, side: int, generator: torch.Generator, flip_mask: torch.Tensor
-) -> torch.Tensor:
-    """(B, 2, 3) float64 matrices from cache-crop pixels to model-input pixels (pixel centres at integers).
+def sample_geometry(batch: int, cfg: AugmentConfig, size: int, generator: torch.Generator):
+    """Per-image zoom (B,), rotation in degrees (B,) and shift in pixels (B, 2), on the generator's device.
 
-    Zoom, rotation and shift act about the crop centre, like albumentations' Affine followed by a centre crop;
-    rows of ``flip_mask`` are mirrored as well.
+    The distribution of albumentations' ``Affine(scale=(1 -+ s), keep_ratio=True, rotate=(-+ r),
+    translate_percent=...)``: zoom and angle uniform, shift ``int(U(-+ shift x size))`` per axis (albumentations
+    truncates the translation to whole pixels).
     """
-    u = torch.rand(batch, 4, generator=generator, dtype=torch.float64) * 2 - 1
-    scale = 1 + cfg.scale * u[:, 0]
-    angle = torch.deg2rad(cfg.rotate * u[:, 1])
-    shift = cfg.shift * size * u[:, 2:]
+    u = torch.rand(batch, 4, generator=generator, device=generator.device) * 2 - 1
+    return 1 + cfg.scale * u[:, 0], cfg.rotate * u[:, 1], torch.trunc(cfg.shift * size * u[:, 2:])
+
+
+def affine_matrices(scale: torch.Tensor, degrees: torch.Tensor, shift: torch.Tensor, size: int,
+                    side: int) -> torch.Tensor:
+    """(B, 2, 3) matrices from ``side``-pixel cache-crop pixels to ``size``-pixel model-input pixels.
+
+    albumentations' convention: zoom and rotation about the crop centre ``(side - 1) / 2`` (pixel centres at
+    integers), a positive angle turns the image counter-clockwise on screen (y down), then the shift, then the exact
+    centre crop to ``size``.
+    """
+    angle = torch.deg2rad(degrees)
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    linear = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
+    linear = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # (B, 2, 2)
     c_in, c_out = (side - 1) / 2, (size - 1) / 2
     offset = c_out + shift - c_in * linear.sum(-1)  # p_out = linear (p - c_in) + c_out + shift
-    matrices = torch.cat([linear, offset[..., None]], dim=-1)
-    flip = flip_mask.to(torch.float64).cpu()
-    # x -> (size - 1) - x on flipped rows.
-    matrices[:, 0] = matrices[:, 0] * (1 - 2 * flip[:, None])
-    matrices[:, 0, 2] += flip * (size - 1)
-    return matrices
+    return torch.cat([linear, offset[..., None]], dim=-1)
 
 
-def _pixel_to_normalised(k: int) -> torch.Tensor:
-    """3x3 matrix mapping pixel coordinates (centres at integers) of a k-pixel axis to [-1, 1] edge coordinates."""
-    return torch.tensor([[2 / k, 0, 1 / k - 1], [0, 2 / k, 1 / k - 1], [0, 0, 1]], dtype=torch.float64)
+def mirror_matrices(matrices: torch.Tensor, width: int, rows: torch.Tensor) -> torch.Tensor:
+    """Compose x -> (width - 1) - x after the (B, 2, 3) matrices on the rows of the (B,) bool mask ``rows``."""
+    sign = 1 - 2 * rows.to(matrices.dtype)
+    x_row = matrices[:, 0] * sign[:, None]
+    x_row = torch.cat([x_row[:, :2], x_row[:, 2:] + rows.to(matrices.dtype)[:, None] * (width - 1)], -1)
+    return torch.stack([x_row, matrices[:, 1]], 1)
+
+
+def invert_affines(matrices: torch.Tensor) -> torch.Tensor:
+    """Inverse of (B, 2, 3) affine matrices, in closed form (``torch.linalg.inv`` checks for errors: a host sync)."""
+    a, b, c, d = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 1, 0], matrices[:, 1, 1]
+    det = a * d - b * c
+    linear = torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2) / det[:, None, None]
+    offset = -(linear @ matrices[:, :, 2:])
+    return torch.cat([linear, offset], -1)
+
+
+def move_points(points: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Apply (B, 2, 3) matrices to (B, P, 2) points."""
+    return points @ matrices[:, :, :2].transpose(1, 2) + matrices[:, :, 2].unsqueeze(1)
 
 
 def warp_batch(images: torch.Tensor, matrices: torch.Tensor, size: int) -> torch.Tensor:
-    """Warp float (B, C, S, S) images with pixel matrices (B, 2, 3) to (B, C, size, size), bilinear, zero border."""
+    """Warp float (B, C, S, S) images by pixel matrices (B, 2, 3) to (B, C, size, size): bilinear, zero border."""
     side = images.shape[-1]
-    full = torch.cat([matrices, torch.tensor([[[0.0, 0.0, 1.0]]], dtype=torch.float64).expand(len(matrices), 1, 3)], 1)
-    # theta maps normalised output coordinates to normalised input coordinates.
-    theta = _pixel_to_normalised(side) @ torch.linalg.inv(full) @ torch.linalg.inv(_pixel_to_normalised(size))
-    grid = F.affine_grid(theta[:, :2].to(images.device, torch.float32), [len(images), 3, size, size],
-                         align_corners=False)
+    inverse = invert_affines(matrices.float())
+    # theta maps normalised output coordinates ((2p + 1) / k - 1, align_corners=False) to normalised input ones.
+    linear = inverse[:, :, :2] * (size / side)
+    offset = (2 / side) * (inverse[:, :, :2].sum(-1) * ((size - 1) / 2) + inverse[:, :, 2]) + (1 / side - 1)
+    theta = torch.cat([linear, offset[..., None]], -1)
+    grid = F.affine_grid(theta, [len(images), images.shape[1], size, size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _apply_with_probability(x: torch.Tensor, changed: torch.Tensor, p: float, generator_device: torch.Generator):
-    mask = torch.rand(len(x), generator=generator_device, device=x.device) < p
-    return torch.where(mask.view(-1, 1, 1, 1), changed, x)
+def augment_geometry(images: torch.Tensor, points: torch.Tensor, cfg: AugmentConfig, size: int,
+                     flip_perm: torch.Tensor | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random zoom, rotation, shift and flip of float (B, C, S, S) padded cache crops and their (B, P, 2)
+    cache-pixel points, on the generator's device; returns (B, C, size, size) crops and model-input points.
 
-
-def gpu_augment(
-    images: torch.Tensor,
-    points: torch.Tensor,
-    cfg: AugmentConfig,
-    size: int,
-    flip_perm: torch.Tensor | None,
-    generator: torch.Generator,
-    device_generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment uint8 (B, S, S, 3) cache crops and their (B, P, 2) cache-pixel points, both on the device.
-
-    Returns float (B, 3, size, size) images in [0, 1] and points in model-input pixels.
+    Images are mirrored with probability ``cfg.hflip`` (never without ``flip_perm``), swapping point identities.
     """
-    batch, side = images.shape[0], images.shape[1]
-    flip_mask = torch.rand(batch, generator=generator) < cfg.hflip
+    batch, side = images.shape[0], images.shape[-1]
+    matrices = affine_matrices(*sample_geometry(batch, cfg, size, generator), size=size, side=side)
+    moved = move_points(points.float(), matrices)
     if flip_perm is None:
-        flip_mask[:] = False
-    matrices = random_affines(batch, cfg, size, side, generator, flip_mask)
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    x = warp_batch(x, matrices, size)
-    m = matrices.to(points.device, torch.float32)
-    out_points = points @ m[:, :, :2].transpose(1, 2) + m[:, :, 2].unsqueeze(1)
-    if flip_perm is not None and flip_mask.any():
-        flipped = flip_mask.to(points.device)
-        out_points = torch.where(flipped.view(-1, 1, 1), out_points[:, flip_perm], out_points)
-
-    gen = device_generator
-    if cfg.color:
-        contrast = 1 + 0.3 * (torch.rand(batch, 1, 1, 1, generator=gen, device=x.device) * 2 - 1)
-        brightness = 0.3 * (torch.rand(batch, 1, 1, 1, generator=gen, device=x.device) * 2 - 1)
-        tint = 1 + 0.1 * (torch.rand(batch, 3, 1, 1, generator=gen, device=x.device) * 2 - 1)
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        jittered = ((x - mean) * contrast + mean + brightness * mean) * tint
-        x = _apply_with_probability(x, jittered.clamp_(0, 1), cfg.color, gen)
-    if cfg.blur:
-        kernel = torch.tensor([1.0, 2.0, 1.0], device=x.device)
-        kernel = (kernel[:, None] * kernel[None, :] / 16).expand(3, 1, 3, 3)
-        x = _apply_with_probability(x, F.conv2d(x, kernel, padding=1, groups=3), cfg.blur, gen)
-    if cfg.noise:
-        sigma = 0.02 + 0.06 * torch.rand(batch, 1, 1, 1, generator=gen, device=x.device)
-        noisy = (x + sigma * torch.randn(x.shape, generator=gen, device=x.device)).clamp_(0, 1)
-        x = _apply_with_probability(x, noisy, cfg.noise, gen)
-    if cfg.cutout:
-        hw = (0.1 + 0.2 * torch.rand(batch, 2, generator=gen, device=x.device)) * size
-        corner = torch.rand(batch, 2, generator=gen, device=x.device) * (size - hw)
-        axis = torch.arange(size, device=x.device, dtype=torch.float32)
-        inside_y = (axis[None] >= corner[:, :1]) & (axis[None] < corner[:, :1] + hw[:, :1])
-        inside_x = (axis[None] >= corner[:, 1:]) & (axis[None] < corner[:, 1:] + hw[:, 1:])
-        hole = (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1)
-        x = _apply_with_probability(x, x.masked_fill(hole, 0.5), cfg.cutout, gen)
-    return x, out_points
+        return warp_batch(images, matrices, size), moved
+    flips = torch.rand(batch, generator=generator, device=generator.device) < cfg.hflip
+    warped = warp_batch(images, mirror_matrices(matrices, size, flips), size)
+    return warped, mirror_points(moved, size, flip_perm, flips)
 
 
-def normalise(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tensor:
-    """[0, 1] float (B, 3, H, W) -> normalised, in channels_last when asked."""
-    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    x = (x - mean_t) / std_t
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+def make_batch_transform(cfg: AugmentConfig, size: int, mean, std, channels_last: bool, flip_perm: np.ndarray | None,
+                         device: torch.device, seed: int, geometry_on_device: bool) -> BatchTransform:
+    """The training ``batch_transform(images, points) -> (model input, target points)`` of both paths.
 
+    Args:
+        cfg: the pipeline's augmentation.
+        size: model input side, pixels.
+        mean, std: the model's input normalisation (per channel, [0, 1] scale).
+        channels_last: return the input in channels_last memory format.
+        flip_perm: the left/right point permutation; needed when ``geometry_on_device`` and ``cfg.hflip > 0``.
+        device: where the batches are and the work runs; the random draws come from a ``torch.Generator`` there.
+        seed: seed of that generator.
+        geometry_on_device: True: batches are uint8 (B, S, S, 3) padded cache crops with cache-pixel points
+            (``RawCropBatches``), augmented here in geometry, flip and photometrics. False: they are uint8
+            (B, size, size, 3) crops already moved and flipped by ``CropDataset``, with model-input points; only
+            the photometric step runs here.
+
+    Returns:
+        A function of (uint8 images, (B, P, 2) float points), both on ``device``, returning normalised float
+        (B, 3, size, size) images and (B, P, 2) points in model-input pixels. It draws all randomness on the device:
+        no host sync on CUDA.
+
+    Raises:
+        ValueError: ``cfg.hflip > 0`` with geometry on the device but no flip permutation.
+    """
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    perm = None if flip_perm is None else torch.as_tensor(np.asarray(flip_perm), dtype=torch.long, device=device)
+    if geometry_on_device and cfg.hflip > 0 and perm is None:
+        raise ValueError("horizontal flip needs the flip permutation")
+
+    def transform(images: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_unit_float(images, device)
+        points = points.to(device, torch.float32, non_blocking=True)
+        if geometry_on_device:
+            x, points = augment_geometry(x, points, cfg, size, perm if cfg.hflip > 0 else None, generator)
+        elif x.shape[-2:] != (size, size):
+            raise ValueError(f"expected {size} x {size} crops from the DataLoader, got {tuple(x.shape[-2:])}")
+        return normalise(photometric(x, cfg, generator), mean, std, channels_last), points
+
+    return transform
+
+
+def gpu_augment(images: torch.Tensor, points: torch.Tensor, cfg: AugmentConfig, size: int,
+                flip_perm: torch.Tensor | None, generator: torch.Generator, device_generator: torch.Generator):
+    """Deprecated, for callers not yet on ``make_batch_transform``: geometry and photometrics of uint8 cache crops,
+    returning float [0, 1] images and model-input points. ``generator`` is unused (all draws come from
+    ``device_generator``)."""
+    del generator
+    x = to_unit_float(images, images.device)
+    perm = None if flip_perm is None or cfg.hflip == 0 else flip_perm.to(images.device)
+    x, points = augment_geometry(x, points, cfg, size, perm, device_generator)
+    return photometric(x, cfg, device_generator), points

@@ -3,7 +3,12 @@
 Training reads this instead of decoding JPEGs every epoch (at 128 px a GPU trains faster than 16 cores decode).
 Each crop is the model input's crop (``kit.data.geometry.crop_transform``) plus ``pad`` pixels of border on every
 side, so that augmentation can rotate and shift without cutting points; an exact integer centre crop of
-``size`` x ``size`` is the un-augmented model input.
+``size`` x ``size`` is the un-augmented model input. ``crop_image`` makes one crop; inference on new images must
+use it (after ``kit.data.images.load_image``) to get the cache's crops bit for bit.
+
+A cache is keyed by its parameters, the table (path, size, mtime) and every image it crops (name, size and
+mtime, in table order): an image replaced after ``kit prepare`` gives a new key, and the stale cache is removed
+once the new one is complete.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +28,10 @@ import numpy as np
 from kit.data.competition import Competition
 from kit.data.geometry import apply_affine, crop_transform, invert_affine, warp_image
 from kit.data.images import load_image
+from kit.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key covers every image's name, size and mtime
+_STAT_CHUNK = 4096  # file names stat-ed per thread-pool task
 
 
 @dataclass(frozen=True)
@@ -56,19 +64,124 @@ class CropCache:
         return apply_affine(np.asarray(points, np.float64) + self.pad, invert_affine(transforms)).astype(np.float32)
 
 
+def crop_image(image: np.ndarray, size: int, margin: float, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cache's crop of one decoded image: the model input's crop with ``pad`` pixels of border on each side.
+
+    Args:
+        image: (H, W, 3) uint8 RGB, as ``kit.data.images.load_image`` returns it.
+        size: model input size.
+        margin: crop margin, a fraction of the shorter side on each side (see ``crop_transform``).
+        pad: border kept on each side.
+
+    Returns:
+        The (size + 2 pad, size + 2 pad, 3) uint8 crop and its (2, 3) float64 matrix from original pixels to
+        crop pixels.
+
+    Raises:
+        ValueError: ``image`` is not (H, W, 3) uint8, or the crop parameters are out of range.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+    if size < 1 or pad < 0:
+        raise ValueError(f"size must be positive and pad non-negative, got size={size}, pad={pad}")
+    # The input crop's matrix, shifted by `pad` and enlarged: same scale, so centre-cropping is exact.
+    matrix = crop_transform(image.shape[0], image.shape[1], size, margin)
+    matrix[:, 2] += pad
+    return warp_image(image, matrix, size + 2 * pad), matrix
+
+
+def _stat_images(image_dir: Path, names: Sequence[str], workers: int | None = None) -> list[tuple[int, int]]:
+    """(size, mtime_ns) of every image, in order; stat-ed relative to the folder, in chunks on a thread pool.
+
+    Raises:
+        DataError: an image is missing or cannot be stat-ed.
+    """
+    try:
+        fd = os.open(image_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise DataError(f"{image_dir}: cannot open the image folder ({exc.strerror})") from None
+
+    def part(start: int) -> list[tuple[int, int]]:
+        out = []
+        for name in names[start : start + _STAT_CHUNK]:
+            try:
+                stat = os.stat(name, dir_fd=fd)
+            except FileNotFoundError:
+                raise DataError(f"{image_dir / name}: image file not found") from None
+            except OSError as exc:
+                raise DataError(f"{image_dir / name}: cannot stat image ({exc.strerror})") from None
+            out.append((stat.st_size, stat.st_mtime_ns))
+        return out
+
+    try:
+        starts = range(0, len(names), _STAT_CHUNK)
+        if len(starts) <= 1:
+            return part(0)
+        with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # helps on cold or network disks
+            return [stat for chunk in pool.map(part, starts) for stat in chunk]
+    finally:
+        os.close(fd)
+
+
+def _split_files(comp: Competition, split: str) -> tuple[Path, Path, np.ndarray]:
+    """(table, image folder, ordered file names) of ``split``."""
+    if split == "train":
+        return comp.train_csv, comp.train_image_dir, comp.train.file_names
+    if split == "test":
+        return comp.test_csv, comp.test_image_dir, comp.test.file_names
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
 def _key(comp: Competition, split: str, size: int, margin: float, pad: int) -> str:
-    table = comp.train_csv if split == "train" else comp.test_csv
+    table, image_dir, names = _split_files(comp, split)
     stat = table.stat()
-    ident = f"v{CACHE_VERSION}|{split}|{size}|{margin}|{pad}|{table.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    return hashlib.sha256(ident.encode()).hexdigest()[:12]
+    params = f"v{CACHE_VERSION}|{split}|{int(size)}|{float(margin)!r}|{int(pad)}"
+    digest = hashlib.sha256(f"{params}|{table.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    names = [str(name) for name in names]
+    stats = _stat_images(image_dir, names)
+    digest.update("".join(f"{n}\t{s}\t{t}\n" for n, (s, t) in zip(names, stats, strict=True)).encode())
+    return digest.hexdigest()[:12]
+
+
+def _cache_prefix(split: str, size: int, margin: float, pad: int) -> str:
+    return f"crops-{split}-{size}-m{margin:g}-p{pad}"
 
 
 def crop_cache_path(comp: Competition, split: str, size: int, margin: float, pad: int) -> Path:
-    return comp.root / ".kit_cache" / f"crops-{split}-{size}-m{margin:g}-p{pad}-{_key(comp, split, size, margin, pad)}"
+    """Where the crop cache of the folder's current tables and images lives (stats every image)."""
+    key = _key(comp, split, size, margin, pad)
+    return comp.root / ".kit_cache" / f"{_cache_prefix(split, size, margin, pad)}-{key}"
+
+
+def _meta(split: str, size: int, margin: float, pad: int) -> dict:
+    return {"split": split, "size": size, "margin": margin, "pad": pad}
+
+
+def _is_stale(folder: Path, current: Path, params: dict) -> bool:
+    """A complete cache (not a build in progress) of the same parameters as ``current`` under another key."""
+    if folder == current or not re.fullmatch(re.escape(current.name[:-12]) + "[0-9a-f]{12}", folder.name):
+        return False
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return True  # a cache folder without readable metadata is never reused
+    # Different margins can share a prefix ("m{margin:g}"): only remove a cache made with exactly these parameters.
+    return not isinstance(meta, dict) or all(meta.get(k) == v for k, v in params.items())
+
+
+def prune_stale(current: Path, split: str, size: int, margin: float, pad: int) -> list[Path]:
+    """Remove the caches of the same split, size, margin and pad as ``current`` under other keys; return them."""
+    params = _meta(split, size, margin, pad)
+    candidates = current.parent.glob(f"{_cache_prefix(split, size, margin, pad)}-*")
+    stale = [folder for folder in candidates if _is_stale(folder, current, params)]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
 
 
 def prepare_crops(
-    data_dir: str | Path,
+    data_dir: str | Path | Competition,
     split: str,
     size: int,
     margin: float = 0.0,
@@ -76,41 +189,55 @@ def prepare_crops(
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
 ) -> CropCache:
-    """Build (or reuse) the crop cache of a split; written to a temporary folder and renamed when complete."""
-    comp = Competition.load(data_dir)
+    """Build (or reuse) the crop cache of a split; written to a temporary folder and renamed when complete.
+
+    The cache is reused only if the table and every image are unchanged (name, size, mtime); otherwise it is
+    rebuilt, and older caches of the same parameters are removed once the new one is complete.
+
+    Args:
+        data_dir: competition folder, or an already loaded ``Competition`` (its parsed tables are reused).
+        split: ``train`` or ``test``.
+        size: model input size.
+        margin: crop margin (see ``crop_image``).
+        pad: border kept on each side.
+        progress: called with the number of images just cropped.
+        workers: threads decoding and cropping (default: up to 8).
+
+    Raises:
+        DataError: the folder, a table or an image is missing or malformed.
+    """
+    comp = data_dir if isinstance(data_dir, Competition) else Competition.load(data_dir)
     path = crop_cache_path(comp, split, size, margin, pad)
     cache = CropCache(path=path, size=size, pad=pad)
     if (path / "meta.json").is_file():
+        prune_stale(path, split, size, margin, pad)
         return cache
-    paths = comp.train_paths() if split == "train" else comp.test_paths()
+    _, image_dir, names = _split_files(comp, split)
+    paths = [image_dir / name for name in names]
     side = size + 2 * pad
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
-    transforms = np.empty((len(paths), 2, 3), dtype=np.float64)
-
-    def crop(i: int) -> None:
-        image = load_image(paths[i])
-        h, w = image.shape[:2]
-        # The input crop's matrix, shifted by `pad` and enlarged: same scale, so centre-cropping is exact.
-        matrix = crop_transform(h, w, size, margin)
-        matrix[:, 2] += pad
-        images[i] = warp_image(image, matrix, side)
-        transforms[i] = matrix
-
     try:
+        shape = (len(paths), side, side, 3)
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        transforms = np.empty((len(paths), 2, 3), dtype=np.float64)
+
+        def crop(i: int) -> None:
+            images[i], transforms[i] = crop_image(load_image(paths[i]), size, margin, pad)
+
         with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # cv2 releases the GIL
             for _ in pool.map(crop, range(len(paths))):
                 if progress:
                     progress(1)
         images.flush()
         np.save(tmp / "transforms.npy", transforms)
-        meta = {"split": split, "size": size, "margin": margin, "pad": pad, "n": len(paths), "version": CACHE_VERSION}
+        meta = _meta(split, size, margin, pad) | {"n": len(paths), "version": CACHE_VERSION, "key": path.name[-12:]}
         (tmp / "meta.json").write_text(json.dumps(meta))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        if not (path / "meta.json").is_file():  # another process may have just finished the same cache
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    prune_stale(path, split, size, margin, pad)
     return cache

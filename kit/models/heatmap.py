@@ -4,6 +4,7 @@ The decoder stops at the configured stride (Unet, MAnet and Linknet lose their f
 coarser are followed by bilinear upsampling of the maps, finer ones by average pooling of the features), so at
 stride 4 nothing of input resolution is computed. Targets are built on the device inside the loss (kit.codecs).
 With a heatmap loss the maps are heatmaps regressed onto Gaussians; without one they are logits of soft-argmax.
+The family's config section is ``HeatmapModelConfig``, its ``heatmap`` subsection ``HeatmapConfig``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
+from typing import Any, Literal
 
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
+from pydantic import Field, ValidationError
 from torch import nn
 
 from kit.codecs.heatmap import HeatmapCodec, soft_argmax, to_input_coords
-from kit.config import HeatmapConfig, LossConfig, ModelConfig, Pipeline
+from kit.config import ConfigSection, LossConfig, ModelConfig, Pipeline
 from kit.errors import KitError
 from kit.losses import coordinate_loss, heatmap_adaptive_wing, heatmap_l2
 from kit.models._registry import register_family
@@ -28,6 +31,43 @@ from kit.models.weights import hub_error, load_filtered, pretrained_state_dict
 # Decoders that are a list of upsampling blocks, block i ending at the (i+1)-th coarsest feature stride.
 _BLOCK_DECODERS = ("Unet", "MAnet", "Linknet")
 _UNSUPPORTED = ("DPT",)  # needs prefix tokens of a ViT encoder
+
+
+class HeatmapConfig(ConfigSection):
+    arch: str = "Unet"  # any segmentation_models_pytorch architecture name
+    stride: Literal[1, 2, 4] = 4  # output stride of the heatmaps relative to the input
+    decoder_channels: list[int] | None = None  # smp decoder widths, coarsest first; may stop at the stride
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)  # more smp architecture arguments (FPN pyramid widths)
+    sigma: float = Field(1.5, gt=0)  # Gaussian sigma of target maps, in heatmap pixels
+    sigma_end: float | None = Field(None, gt=0)  # when set, sigma moves linearly from `sigma` to this over the epochs
+    heatmap_loss: Literal["none", "l2", "adaptive_wing"] = "none"
+    awing_weight: float = Field(10.0, ge=0)  # Adaptive Wing weighted loss map: 1 + this near the targets' peaks
+    coord_weight: float = Field(1.0, ge=0)  # weight of the coordinate loss (section `loss`) on soft-argmax points
+    # soft_argmax reads integral (logit) maps; local_soft_argmax and dark suit maps trained with a heatmap loss
+    decoder: Literal["argmax", "soft_argmax", "local_soft_argmax", "dark"] = "soft_argmax"
+    window: int = Field(5, ge=1)  # window of local soft-argmax, heatmap pixels (odd)
+    iterations: int = Field(5, ge=0)  # recentring steps of local soft-argmax (removes its pull to the window centre)
+    dark_blur: float = Field(1.0, ge=0)  # Gaussian smoothing before DARK refinement, heatmap pixels (0: none)
+    compile_loss: bool = True  # torch.compile the dense loss on CUDA: fuses target maps and loss into few kernels
+
+
+class HeatmapModelConfig(ModelConfig):
+    """The ``model`` section of the heatmap family; ``backbone`` is an smp encoder name, e.g. tu-resnet34."""
+
+    family: Literal["heatmap"] = "heatmap"
+    heatmap: HeatmapConfig = Field(default_factory=HeatmapConfig)
+
+    @property
+    def decoder(self) -> str:
+        return self.heatmap.decoder
+
+    def with_decoder(self, name: str) -> HeatmapModelConfig:
+        """A copy with ``heatmap.decoder`` replaced by ``name``, validated (a KitError names the choices)."""
+        try:
+            heatmap = HeatmapConfig.model_validate({**self.heatmap.model_dump(), "decoder": name})
+        except ValidationError as exc:
+            raise KitError(f"--decoder {name!r}: {exc.errors()[0]['msg']}") from None
+        return self.model_copy(update={"heatmap": heatmap})
 
 
 class HeatmapHead(nn.Module):
@@ -168,7 +208,7 @@ def _arch_kwargs(arch: type, cfg: HeatmapConfig) -> dict:
     return kwargs
 
 
-def _smp_weights(cfg: ModelConfig) -> str | bool | None:
+def _smp_weights(cfg: HeatmapModelConfig) -> str | bool | None:
     """smp's ``encoder_weights``: always explicit, since smp's default ("imagenet") downloads."""
     if cfg.pretrained.source != "hub":
         return None
@@ -192,7 +232,7 @@ def load_encoder_weights(encoder: nn.Module, state: dict[str, torch.Tensor], sou
     load_filtered(target, mapped, source)
 
 
-def _preprocessing(cfg: ModelConfig, encoder: nn.Module) -> tuple[tuple, tuple]:
+def _preprocessing(cfg: HeatmapModelConfig, encoder: nn.Module) -> tuple[tuple, tuple]:
     pretrained_cfg = getattr(getattr(encoder, "model", None), "pretrained_cfg", None) or {}
     if "mean" in pretrained_cfg:
         return tuple(pretrained_cfg["mean"]), tuple(pretrained_cfg["std"])
@@ -203,7 +243,7 @@ def _preprocessing(cfg: ModelConfig, encoder: nn.Module) -> tuple[tuple, tuple]:
         return LandmarkModel.mean, LandmarkModel.std
 
 
-def create_encoder_decoder(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+def create_encoder_decoder(cfg: HeatmapModelConfig) -> tuple[nn.Module, nn.Module]:
     """The smp architecture's encoder (with the configured pretrained weights) and decoder; its head is dropped."""
     arch = _arch_class(cfg.heatmap.arch)
     kwargs = _arch_kwargs(arch, cfg.heatmap)
@@ -251,7 +291,7 @@ def _probe(encoder: nn.Module, decoder: nn.Module, size: int) -> tuple[list[torc
         decoder.train(modes[1])
 
 
-@register_family("heatmap")
+@register_family("heatmap", config=HeatmapModelConfig)
 def create_heatmap(pipeline: Pipeline, n_points: int) -> HeatmapModel:
     """Encoder-decoder cut at ``model.heatmap.stride``, head, codec and loss from the pipeline."""
     cfg, hm, size = pipeline.model, pipeline.model.heatmap, pipeline.input.size

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import timm
 import torch
+from pydantic import Field
 from timm.models import split_model_name_tag
 from torch import nn
 
@@ -22,6 +25,13 @@ def to_normalised(points: torch.Tensor, size: int) -> torch.Tensor:
 
 def from_normalised(coords: torch.Tensor, size: int) -> torch.Tensor:
     return (coords + 1.0) * (size / 2.0) - 0.5
+
+
+class RegressionConfig(ModelConfig):
+    """The ``model`` section of the regression family; ``backbone`` is a timm model name."""
+
+    family: Literal["regression"] = "regression"
+    drop_rate: float = Field(0.0, ge=0, lt=1)  # dropout on the pooled backbone features, before the linear head
 
 
 class RegressionModel(LandmarkModel):
@@ -52,7 +62,7 @@ class RegressionModel(LandmarkModel):
             self.head.bias.copy_(to_normalised(mean_points.float(), self.input_size).reshape(-1))
 
 
-def create_backbone(cfg: ModelConfig) -> nn.Module:
+def create_backbone(cfg: RegressionConfig) -> nn.Module:
     """A timm classifier without its classifier (``num_classes=0``), with the configured pretrained weights."""
     if not timm.is_model(split_model_name_tag(cfg.backbone)[0]):
         raise KitError(f"model.backbone: unknown timm model '{cfg.backbone}'")
@@ -69,7 +79,7 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
     return backbone
 
 
-@register_family("regression")
+@register_family("regression", config=RegressionConfig)
 def create_regression(pipeline: Pipeline, n_points: int) -> RegressionModel:
     backbone = create_backbone(pipeline.model)
     return RegressionModel(backbone, n_points=n_points, input_size=pipeline.input.size, loss_cfg=pipeline.loss)

@@ -1,5 +1,21 @@
-"""Prediction from finished runs: recompute OOF and test predictions with another TTA or decoder."""
+"""Inference from trained models: TTA prediction, the mapping to original pixels, re-prediction and ``kit infer``.
 
-from kit.predict.repredict import Repredicted, repredict
+Training imports this package; nothing here imports ``kit.train``.
+"""
 
-__all__ = ["Repredicted", "repredict"]
+from __future__ import annotations
+
+__all__ = ["Repredicted", "predict_points", "repredict"]
+
+
+def __getattr__(name: str):
+    # Lazy: ``kit.train`` imports the light modules of this package without loading the re-prediction machinery.
+    if name in ("Repredicted", "repredict"):
+        from kit.predict import repredict as module
+
+        return getattr(module, name)
+    if name == "predict_points":
+        from kit.predict.tta import predict_points
+
+        return predict_points
+    raise AttributeError(name)

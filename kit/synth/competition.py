@@ -13,10 +13,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kit.io import refuse_inside
 from kit.synth.background import noise_bank
 from kit.synth.effects import encode_jpeg
 from kit.synth.face import make_template
 from kit.synth.scene import landmark_model, make_image
+
+# Files only this generator writes together: --force replaces a folder only if it has them.
+_SYNTH_FILES = ("train/landmarks.csv", "private/test_landmarks.csv", "private/flip_permutation.txt")
 
 
 @dataclass(frozen=True)
@@ -51,15 +55,58 @@ def _landmarks_row(name: str, points: np.ndarray) -> str:
     return name + "\t" + "\t".join(map(str, ints.tolist()))
 
 
-def _check_args(out_dir: Path, n_train: int, n_test: int, seed: int, n_points: int, n_requested: int) -> None:
+def _check_args(n_train: int, n_test: int, seed: int, n_points: int, n_requested: int) -> None:
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     if n_train < 1 or n_test < 1:
         raise ValueError(f"n_train and n_test must be at least 1, got {n_train} and {n_test}")
     if not 1 <= n_requested <= n_points:
         raise ValueError(f"n_requested must be in 1..n_points ({n_points}), got {n_requested}")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"{out_dir} already exists and is not an empty folder; choose a new folder or empty it")
+
+
+def is_synth_competition(folder: Path) -> bool:
+    """Whether ``folder`` holds a competition written by this generator (the layout with its private answers)."""
+    return all((folder / rel).is_file() for rel in _SYNTH_FILES)
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    """Refuse an output folder inside a competition folder, or one that would replace anything but an old synth.
+
+    Raises:
+        KitError: ``out_dir`` is inside a competition folder (an ancestor holds ``train/landmarks.csv``).
+        ValueError: ``out_dir`` is not an empty folder (without ``force``), or not a synthetic competition (with it).
+    """
+    for parent in out_dir.resolve().parents:
+        if (parent / "train" / "landmarks.csv").is_file():
+            refuse_inside(out_dir, parent, "output folder")
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        raise ValueError(f"{out_dir} already exists and is not a folder (or is a link); choose a new folder")
+    if not any(out_dir.iterdir()):
+        return
+    if not force:
+        raise ValueError(f"{out_dir} already exists and is not an empty folder; choose a new folder, empty it, "
+                         "or pass --force to replace an old synthetic competition")
+    missing = [rel for rel in _SYNTH_FILES if not (out_dir / rel).is_file()]
+    if missing:
+        raise ValueError(f"{out_dir} is not a synthetic competition (no {missing[0]}); --force only replaces one: "
+                         "choose a new folder")
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Move the complete folder ``tmp`` onto ``out_dir``; the old ``out_dir`` is removed only once it is replaced."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = tmp.with_suffix(".old")
+    os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        os.replace(old, out_dir)  # put the old folder back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def generate_competition(
@@ -70,28 +117,36 @@ def generate_competition(
     n_points: int = 971,
     n_requested: int = 30,
     progress: Callable[[int], None] | None = None,
+    force: bool = False,
 ) -> SynthSummary:
     """Render a synthetic "Thousand Facial Landmarks" competition into ``out_dir``.
 
     Writes ``train/landmarks.csv``, ``train/images/``, ``test/test_points.csv``, ``test/images/``,
     ``private/test_landmarks.csv`` (the test answers) and ``private/flip_permutation.txt``. Everything goes to a
-    temporary sibling folder first and is renamed into place at the end. The same seed writes the same bytes.
+    temporary sibling folder first and is renamed into place at the end; with ``force`` an old synthetic
+    competition in ``out_dir`` is removed only after that, so a failed or interrupted run leaves it as it was.
+    The same seed writes the same bytes.
 
     Args:
-        out_dir: folder to create; it must not exist or be empty.
+        out_dir: folder to create; it must not exist or be empty (or, with ``force``, be a synthetic competition),
+            and it must not lie inside a competition folder.
         n_train: training images.
         n_test: test images.
         seed: random seed; image i depends only on (seed, i).
         n_points: landmarks per face (at least 50).
         n_requested: point indices requested per test image.
         progress: called with the number of images just written.
+        force: replace an existing synthetic competition in ``out_dir``.
 
     Raises:
-        ValueError: ``out_dir`` is not empty, or the counts are out of range.
+        ValueError: ``out_dir`` is not empty (without ``force``) or not a synthetic competition (with it), or the
+            counts are out of range.
+        KitError: ``out_dir`` is inside a competition folder.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    _check_args(out_dir, n_train, n_test, seed, n_points, n_requested)
+    _check_args(n_train, n_test, seed, n_points, n_requested)
+    _check_out_dir(out_dir, force)
     template = make_template(n_points)
     model = landmark_model(template)
     noise = noise_bank(seed)
@@ -131,9 +186,7 @@ def generate_competition(
                 if progress is not None:
                     progress(1)
         (tmp / "private" / "flip_permutation.txt").write_text("".join(f"{int(j)}\n" for j in template.flip_permutation))
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
+        _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,9 +14,10 @@ from kit.data.competition import Competition
 from kit.data.prepare import prepare_crops
 from kit.models import create_model
 from kit.train.distributed import DistInfo
-from kit.train.engine import autocast, make_optimizer, prepare_input, train_one_epoch
+from kit.predict.inputs import autocast, prepare_input
+from kit.train.engine import make_optimizer, train_one_epoch
 from kit.train.fold import FoldData, _loader, device_augmenter
-from kit.train.run import ensure_flip_permutation
+from kit.data.derived import flip_permutation
 
 
 def _sync(device: torch.device) -> None:
@@ -53,7 +54,7 @@ def bench(pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: i
     size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
     data = FoldData(prepare_crops(comp.root, "train", size, margin, pad), prepare_crops(comp.root, "test", size,
                     margin, pad), np.asarray(comp.train.points, np.float32), np.zeros(len(comp.train), np.int64),
-                    ensure_flip_permutation(comp, pipeline))
+                    flip_permutation(comp, pipeline))
     batch_size = pipeline.train.batch_size
     results: dict = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
                      "batch_size": batch_size, "input_size": size, "n_points": comp.n_points}

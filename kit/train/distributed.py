@@ -47,3 +47,22 @@ def select_device(info: DistInfo) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", info.local_rank)
     return torch.device("cpu")
+
+
+@torch.no_grad()
+def check_in_sync(model: torch.nn.Module, info: DistInfo) -> None:
+    """After training under DDP, every rank must hold the same weights (gradients were averaged across ranks).
+
+    Raises:
+        KitError: the ranks' weights differ (a broken process group or an unsynchronised update).
+    """
+    if not info.enabled:
+        return
+    from kit.errors import KitError
+
+    fingerprint = torch.stack([p.double().sum() for p in model.parameters()])
+    gathered = [torch.empty_like(fingerprint) for _ in range(info.world_size)]
+    dist.all_gather(gathered, fingerprint)
+    for rank, other in enumerate(gathered):
+        if not torch.allclose(other, gathered[0], rtol=1e-6, atol=1e-9):
+            raise KitError(f"DDP: the weights of rank {rank} differ from rank 0 after training (ranks out of sync)")

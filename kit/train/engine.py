@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -13,22 +12,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kit.config import OptimConfig, Pipeline
-from kit.data.gpu_augment import normalise
+from kit.predict.inputs import autocast, prepare_input
 from kit.models.base import LandmarkModel
-from kit.train.progress import Reporter
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA; a no-op on the CPU (CPU bf16 is slower than fp32 on most machines)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def prepare_input(images: torch.Tensor, model: LandmarkModel, device: torch.device, channels_last: bool):
-    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on the device; normalising there keeps host work small."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    return normalise(x, model.mean, model.std, channels_last)
+from kit.progress import Reporter
 
 
 def make_optimizer(model: LandmarkModel, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -116,29 +102,3 @@ def train_one_epoch(
     seconds = time.perf_counter() - start
     mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
     return {"train_loss": mean_loss, "train_images": images, "train_seconds": seconds}
-
-
-@torch.no_grad()
-def predict(
-    model: LandmarkModel,
-    loader: DataLoader,
-    device: torch.device,
-    amp: bool = True,
-    channels_last: bool = True,
-    flip_perm: np.ndarray | None = None,
-) -> np.ndarray:
-    """Coordinates (N, P, 2) in model-input pixels, in loader order; with ``flip_perm``, mirrored TTA averaged in."""
-    model.eval()
-    perm = None if flip_perm is None else torch.as_tensor(flip_perm, device=device)
-    out = []
-    for x, _, _ in loader:
-        x = prepare_input(x, model, device, channels_last)
-        with autocast(device, amp):
-            points = model.decode(model(x)).float()
-            if perm is not None:
-                mirrored = model.decode(model(torch.flip(x, dims=[3]))).float()
-                mirrored = mirrored[:, perm]
-                mirrored[..., 0] = (x.shape[-1] - 1) - mirrored[..., 0]
-                points = (points + mirrored) / 2
-        out.append(points.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.n_points, 2), np.float32)

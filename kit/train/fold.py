@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,16 +13,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from kit.config import Pipeline
 from kit.data.dataset import CropDataset, RawCropBatches, keep_batch, seed_worker
-from kit.data.gpu_augment import gpu_augment, normalise
+from kit.data.gpu_augment import gpu_augment
+from kit.predict.inputs import normalise
+from kit.predict.tta import predict_original as _predict_original
 from kit.data.prepare import CropCache
-from kit.io import save_npy, write_json
 from kit.metrics import mse
 from kit.models import create_model
 from kit.models.base import LandmarkModel
-from kit.train.checkpoint import load_checkpoint, save_checkpoint
-from kit.train.distributed import DistInfo, barrier
-from kit.train.engine import make_optimizer, predict, train_one_epoch
-from kit.train.progress import Reporter, SilentReporter
+from kit.checkpoint import load_checkpoint, save_checkpoint
+from kit.train.distributed import DistInfo, barrier, check_in_sync
+from kit.train.engine import make_optimizer, train_one_epoch
+from kit.progress import Reporter, SilentReporter
+from kit.runs import EpochStats, FoldSummary, Identity, RunDir
 
 
 @dataclass
@@ -76,22 +77,22 @@ def device_augmenter(pipeline: Pipeline, model: LandmarkModel, flip_perm: np.nda
 
 def predict_original(model: LandmarkModel, cache: CropCache, rows: np.ndarray, pipeline: Pipeline,
                      device: torch.device, flip_perm: np.ndarray | None) -> np.ndarray:
-    """Original-pixel predictions (len(rows), P, 2) for ``rows`` of ``cache``."""
-    loader = _loader(CropDataset(cache, rows), pipeline.train.batch_size * 2, pipeline, device, False, DistInfo(), 0)
-    points = predict(model, loader, device, pipeline.train.amp, pipeline.train.channels_last, flip_perm)
-    return cache.to_original(points, rows)
+    """Original-pixel predictions (len(rows), P, 2) for ``rows`` of ``cache``, with the pipeline's batch settings."""
+    return _predict_original(model, cache, rows, device, pipeline.train.batch_size * 2, pipeline.train.amp,
+                             pipeline.train.channels_last, flip_perm, pipeline.train.num_workers)
 
 
 def train_fold(
     pipeline: Pipeline,
     data: FoldData,
     fold: int,
-    fold_dir: Path,
+    run: RunDir,
+    identity: Identity,
     device: torch.device,
     dist: DistInfo = DistInfo(),
     reporter: Reporter | None = None,
-) -> dict:
-    """Train and predict one fold; resumes from ``fold_dir/last.pt``. Returns the fold's summary (``done.json``)."""
+) -> FoldSummary | None:
+    """Train and predict one fold into ``run``; resumes from its ``last.pt``. Returns the summary (main process)."""
     reporter = reporter or SilentReporter()
     cfg = pipeline.train
     seed = cfg.seed * 1000 + fold
@@ -120,17 +121,18 @@ def train_fold(
     optimizer = make_optimizer(model, pipeline.optim, device)
     ema = ModelEmaV3(model, decay=cfg.ema) if cfg.ema else None
 
-    history: list[dict] = []
+    history: list[EpochStats] = []
     best = {"valid_mse": float("inf"), "epoch": -1}
     start_epoch, elapsed = 0, 0.0
-    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    last_path, best_path = run.checkpoint(fold, "last"), run.checkpoint(fold, "best")
     if last_path.is_file():
         state = load_checkpoint(last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
-        history, best, elapsed = state["history"], state["best"], state["elapsed"]
+        history = [EpochStats.model_validate(h) for h in state["history"]]
+        best, elapsed = state["best"], state["elapsed"]
         start_epoch = state["epoch"] + 1
         torch.set_rng_state(state["rng"])
         reporter.message(f"fold {fold}: resuming after epoch {start_epoch}")
@@ -145,53 +147,49 @@ def train_fold(
         reporter.start_epoch(fold, epoch, cfg.epochs, steps_per_epoch)
         stats = train_one_epoch(train_model, train_loader, optimizer, pipeline, device, epoch, steps_per_epoch,
                                 ema, reporter, batch_transform)
-        stats["images_per_second"] = stats["train_images"] * dist.world_size / max(stats["train_seconds"], 1e-9)
         if dist.is_main:
             valid_start = time.perf_counter()
             eval_model = ema.module if ema is not None else model
             predicted = predict_original(eval_model, data.train_cache, valid_rows, pipeline, device, None)
-            stats["valid_mse"] = mse(predicted, truth)
-            stats["valid_seconds"] = time.perf_counter() - valid_start
-            stats["epochs"] = cfg.epochs
-            stats["is_best"] = stats["valid_mse"] < best["valid_mse"]
-            if stats["is_best"]:
-                best = {"valid_mse": stats["valid_mse"], "epoch": epoch}
+            epoch_stats = EpochStats(
+                epoch=epoch, epochs=cfg.epochs, valid_mse=mse(predicted, truth),
+                valid_seconds=time.perf_counter() - valid_start,
+                images_per_second=stats["train_images"] * dist.world_size / max(stats["train_seconds"], 1e-9),
+                **stats,
+            )
+            is_best = epoch_stats.valid_mse < best["valid_mse"]
+            if is_best:
+                best = {"valid_mse": epoch_stats.valid_mse, "epoch": epoch}
                 save_checkpoint(best_path, {"model": eval_model.state_dict(), "epoch": epoch,
-                                            "valid_mse": stats["valid_mse"]})
+                                            "valid_mse": epoch_stats.valid_mse, "identity": identity.model_dump()})
             elapsed += time.perf_counter() - epoch_start
-            history.append({k: v for k, v in stats.items() if k != "is_best"} | {"epoch": epoch})
+            history.append(epoch_stats)
             save_checkpoint(last_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None, "epoch": epoch, "history": history,
-                "best": best, "elapsed": elapsed, "rng": torch.get_rng_state(),
+                "ema": ema.state_dict() if ema is not None else None, "epoch": epoch,
+                "history": [h.model_dump() for h in history], "best": best, "elapsed": elapsed,
+                "rng": torch.get_rng_state(), "identity": identity.model_dump(),
             })
-            reporter.end_epoch(fold, epoch, stats)
+            reporter.end_epoch(fold, epoch, epoch_stats.model_dump() | {"is_best": is_best})
         barrier(dist)
 
-    summary: dict = {}
+    check_in_sync(model, dist)
+    summary = None
     if dist.is_main:
         model.load_state_dict(load_checkpoint(best_path)["model"])
         tta = data.flip_perm if pipeline.tta.hflip else None
         oof = predict_original(model, data.train_cache, valid_rows, pipeline, device, tta)
         test = predict_original(model, data.test_cache, np.arange(len(data.test_cache.transforms())), pipeline,
                                  device, tta)
-        save_npy(fold_dir / "oof.npy", oof.astype(np.float32))
-        save_npy(fold_dir / "test.npy", test.astype(np.float32))
-        images = sum(h["train_images"] for h in history) * dist.world_size
-        seconds = sum(h["train_seconds"] for h in history)
-        summary = {
-            "fold": fold,
-            "mse": mse(oof, truth),
-            "best_epoch": best["epoch"],
-            "best_valid_mse_no_tta": best["valid_mse"],
-            "epochs": cfg.epochs,
-            "wall_seconds": elapsed,
-            "images_per_second": images / max(seconds, 1e-9),
-            "n_train": len(train_rows),
-            "n_valid": len(valid_rows),
-            "history": history,
-        }
-        write_json(fold_dir / "done.json", summary)  # written last: its presence marks the fold finished
+        images = sum(h.train_images for h in history) * dist.world_size
+        seconds = sum(h.train_seconds for h in history)
+        summary = FoldSummary(
+            fold=fold, mse=mse(oof, truth), best_epoch=best["epoch"], best_valid_mse_no_tta=best["valid_mse"],
+            epochs=cfg.epochs, wall_seconds=elapsed, images_per_second=images / max(seconds, 1e-9),
+            n_train=len(train_rows), n_valid=len(valid_rows), history=tuple(history), identity=identity,
+            world_size=dist.world_size,
+        )
+        run.write_fold(fold, summary, oof, test)  # done.json last: its presence marks the fold finished
         last_path.unlink(missing_ok=True)
     barrier(dist)
     return summary

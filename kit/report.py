@@ -13,18 +13,23 @@ import numpy as np  # noqa: E402
 from kit.io import atomic_path  # noqa: E402
 
 
-def write_report(path: Path, summaries: list[dict], data, oof: np.ndarray, pipeline) -> None:
-    """Curves (train loss, valid MSE in original pixels) and a grid of validation crops, atomically."""
+def write_report(path: Path, summaries: list, train_cache, points: np.ndarray, oof: np.ndarray, pipeline) -> None:
+    """Curves (train loss, valid MSE in original pixels) and a grid of validation crops, atomically.
+
+    Args:
+        summaries: the folds' ``kit.runs.FoldSummary`` records; train_cache: the training ``CropCache``;
+        points: (N, P, 2) training points and oof: (N, P, 2) OOF predictions, in original pixels.
+    """
     n_images = min(pipeline.train.report_images, len(oof))
     cols = 6
     rows = 1 + (n_images + cols - 1) // cols
     fig = plt.figure(figsize=(3 * cols, 3 * rows))
     ax_loss = fig.add_subplot(rows, 2, 1)
     ax_mse = fig.add_subplot(rows, 2, 2)
-    for s in summaries:
-        epochs = [h["epoch"] + 1 for h in s["history"]]
-        ax_loss.plot(epochs, [h["train_loss"] for h in s["history"]], label=f"fold {s['fold']}")
-        ax_mse.plot(epochs, [h["valid_mse"] for h in s["history"]], label=f"fold {s['fold']}")
+    for s in summaries:  # kit.runs.FoldSummary records
+        epochs = [h.epoch + 1 for h in s.history]
+        ax_loss.plot(epochs, [h.train_loss for h in s.history], label=f"fold {s.fold}")
+        ax_mse.plot(epochs, [h.valid_mse for h in s.history], label=f"fold {s.fold}")
     ax_loss.set(title="train loss", xlabel="epoch", yscale="log")
     ax_mse.set(title="valid MSE (original px)", xlabel="epoch", yscale="log")
     ax_loss.legend(fontsize=7)
@@ -32,20 +37,20 @@ def write_report(path: Path, summaries: list[dict], data, oof: np.ndarray, pipel
 
     if n_images:
         chosen = np.linspace(0, len(oof) - 1, n_images).astype(int)
-        images = data.train_cache.images()
-        cache_true = data.train_cache.to_cache(data.points[chosen], chosen)
-        transforms = data.train_cache.transforms()[chosen]
+        images = train_cache.images()
+        cache_true = train_cache.to_cache(points[chosen], chosen)
+        transforms = train_cache.transforms()[chosen]
         from kit.data.geometry import apply_affine
 
         cache_pred = apply_affine(oof[chosen], transforms)
-        size, pad = data.train_cache.size, data.train_cache.pad
+        size, pad = train_cache.size, train_cache.pad
         for i, row in enumerate(chosen):
             ax = fig.add_subplot(rows, cols, cols + i + 1)
             ax.imshow(images[row][pad : pad + size, pad : pad + size])
             t, p = cache_true[i] - pad, cache_pred[i] - pad
             ax.scatter(t[:, 0], t[:, 1], s=4, c="lime", linewidths=0)
             ax.scatter(p[:, 0], p[:, 1], s=4, c="red", linewidths=0)
-            err = float(((oof[row] - data.points[row]) ** 2).mean())
+            err = float(((oof[row] - points[row]) ** 2).mean())
             ax.set_title(f"row {row}  MSE {err:.1f}", fontsize=8)
             ax.set(xlim=(0, size), ylim=(size, 0))
             ax.axis("off")
@@ -54,3 +59,12 @@ def write_report(path: Path, summaries: list[dict], data, oof: np.ndarray, pipel
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
+
+
+def report_writer(train_cache, points: np.ndarray, pipeline):
+    """The ``report(path, summaries, oof)`` callback that ``RunDir.assemble`` calls to draw ``report.png``."""
+
+    def report(path: Path, summaries: list, oof: np.ndarray) -> None:
+        write_report(path, summaries, train_cache, points, oof, pipeline)
+
+    return report

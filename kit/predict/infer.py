@@ -1,0 +1,211 @@
+"""``kit infer``: all P landmarks for any folder of face images, from a run's fold models or a blend's runs.
+
+This is how a trained model is used after the competition: no competition folder is needed. Each image is
+cropped exactly as the crop cache crops it (``kit.data.prepare.crop_image``), predicted by every fold model with
+the run's TTA, averaged over folds (as ``test.npy`` is), mapped back to original pixels, and, for a blend, the
+runs are combined with the blend's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from kit.data.geometry import apply_affine, invert_affine
+from kit.data.images import load_image
+from kit.data.landmarks import point_columns
+from kit.data.prepare import crop_image
+from kit.errors import KitError
+from kit.io import atomic_path
+from kit.predict.models import inference_device, load_fold_model
+from kit.predict.tta import predict_points
+from kit.progress import Reporter, SilentReporter
+from kit.runs import RunDir
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One run of the source and its weight: a scalar, or (P,) per-point weights."""
+
+    run: RunDir
+    weight: float | np.ndarray
+
+
+@dataclass(frozen=True)
+class Inferred:
+    csv: Path
+    file_names: list[str]
+    points: np.ndarray  # (N, P, 2) original pixels
+    images_per_second: float
+    overlays: Path | None
+
+
+def source_members(source: str | Path) -> list[Member]:
+    """The runs (and weights) of a run folder or a blend's JSON record.
+
+    Raises:
+        KitError: neither a finished run nor a blend JSON, or a run of the blend is missing.
+    """
+    path = Path(source)
+    if path.is_dir():
+        run = RunDir(path)
+        run.read_metrics()  # a finished run
+        return [Member(run, 1.0)]
+    if path.suffix != ".json" or not path.is_file():
+        raise KitError(f"{path}: expected a finished run folder or a blend's .json")
+    try:
+        record = json.loads(path.read_text())
+        inputs, weights = record["inputs"], record["weights"]
+        labels = [item["run"] for item in inputs]
+        paths = [Path(item["path"]) for item in inputs]
+        per_point = np.asarray(record["per_point_weights"], np.float64) if "per_point_weights" in record else None
+        global_weights = [float(weights[label]) for label in labels]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise KitError(f"{path}: not a kit blend record ({type(exc).__name__}: {exc})") from None
+    members = []
+    for r, (label, run_path) in enumerate(zip(labels, paths, strict=True)):
+        if not run_path.is_dir():
+            raise KitError(f"{path}: run '{label}' not found at {run_path}")
+        run = RunDir(run_path)
+        run.read_metrics()
+        members.append(Member(run, per_point[:, r] if per_point is not None else global_weights[r]))
+    return members
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KitError(f"{folder}: images folder not found")
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise KitError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+class _Crops(torch.utils.data.Dataset):
+    """Centre crops (uint8, size x size) of the padded cache crops; yields ``(crop, zeros, row)`` like CropDataset."""
+
+    def __init__(self, crops: np.ndarray, pad: int, size: int):
+        self.crops, self.pad, self.size = crops, pad, size
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, i: int):
+        crop = np.ascontiguousarray(self.crops[i, self.pad : self.pad + self.size, self.pad : self.pad + self.size])
+        return torch.from_numpy(crop), torch.zeros(0, 2), i
+
+
+def _crops(paths: list[Path], size: int, margin: float, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Padded crops (N, S, S, 3) and their matrices (N, 2, 3); only crops are kept in memory, not the photos."""
+
+    def crop(path: Path):
+        return crop_image(load_image(path), size, margin, pad)
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # cv2 releases the GIL
+        pairs = list(pool.map(crop, paths))
+    return np.stack([c for c, _ in pairs]), np.stack([m for _, m in pairs])
+
+
+def _predict_run(member: Member, paths: list[Path], device: torch.device, batch_size: int | None,
+                 progress: Callable[[str], None], crops_by_setting: dict) -> np.ndarray:
+    """The run's fold-averaged predictions (N, P, 2) in original pixels."""
+    run = member.run
+    pipeline = run.read_pipeline()
+    metrics = run.read_metrics()
+    n_points = metrics.split.n_points
+    size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
+    setting = (size, margin, pad)  # runs with the same crop setting share the decoded crops
+    if setting not in crops_by_setting:
+        crops_by_setting[setting] = _crops(paths, *setting)
+    crops, matrices = crops_by_setting[setting]
+    flip = run.read_flip_permutation() if pipeline.tta.hflip else None
+    if pipeline.tta.hflip and flip is None:
+        raise KitError(f"{run.path}: the run uses flip TTA but holds no flip permutation (retrain or re-predict it)")
+    loader = torch.utils.data.DataLoader(_Crops(crops, pad, size), batch_size=batch_size or pipeline.train.batch_size * 2,
+                                         shuffle=False, pin_memory=device.type == "cuda")
+    folds = [score.fold for score in metrics.folds]
+    total = np.zeros((len(paths), n_points, 2), np.float64)
+    for fold in folds:
+        started = time.perf_counter()
+        model = load_fold_model(pipeline, run.checkpoint(fold, "best"), n_points, device)
+        points = predict_points(model, loader, device, pipeline.train.amp, pipeline.train.channels_last, flip)
+        total += apply_affine(np.asarray(points, np.float64) + pad, invert_affine(matrices)).astype(np.float32)
+        progress(f"{run.name} fold {fold}: {len(paths) / max(time.perf_counter() - started, 1e-9):,.0f} images/s")
+        del model
+    return (total / len(folds)).astype(np.float32)
+
+
+def write_landmarks_csv(path: Path, file_names: list[str], points: np.ndarray) -> None:
+    """The ``landmarks.csv`` layout (TAB-separated, float coordinates), atomically."""
+    table = pd.DataFrame(points.reshape(len(points), -1), columns=point_columns(points.shape[1]))
+    table.insert(0, "file_name", file_names)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+
+
+def draw_overlay(path: Path, image: np.ndarray, points: np.ndarray) -> None:
+    """The image with its predicted points, as PNG, atomically."""
+    canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    radius = max(1, round(min(image.shape[:2]) / 200))
+    for x, y in np.rint(points).astype(int):
+        cv2.circle(canvas, (int(x), int(y)), radius, (0, 0, 255), -1, lineType=cv2.LINE_AA)
+    with atomic_path(path) as tmp:
+        ok, encoded = cv2.imencode(".png", canvas)
+        if not ok:
+            raise KitError(f"{path}: could not encode the overlay")
+        tmp.write_bytes(encoded.tobytes())
+
+
+def infer(
+    source: str | Path,
+    images_dir: str | Path,
+    out: str | Path,
+    overlays: str | Path | None = None,
+    force: bool = False,
+    batch_size: int | None = None,
+    reporter: Reporter | None = None,
+) -> Inferred:
+    """Predict every image of ``images_dir`` with ``source`` (a run folder or a blend JSON) into ``out``.
+
+    Raises:
+        KitError: a bad source, an unreadable image (named), or an existing ``out`` without ``force``.
+    """
+    reporter = reporter or SilentReporter()
+    out = Path(out)
+    if out.exists() and not force:
+        raise KitError(f"{out}: exists (choose another --out, or --force to replace it)")
+    members = source_members(source)
+    paths = list_images(images_dir)
+    device = inference_device()
+    started = time.perf_counter()
+    blended, crops_by_setting = None, {}
+    for member in members:
+        points = _predict_run(member, paths, device, batch_size, reporter.message, crops_by_setting)
+        weight = np.asarray(member.weight, np.float64)
+        term = (weight[None, :, None] if weight.ndim else weight) * points
+        blended = term if blended is None else blended + term
+    blended = np.asarray(blended, np.float32)
+    images_per_second = len(paths) * len(members) / max(time.perf_counter() - started, 1e-9)
+    names = [p.name for p in paths]
+    write_landmarks_csv(out, names, blended)
+    overlay_dir = None
+    if overlays is not None:
+        overlay_dir = Path(overlays)
+        overlay_dir.mkdir(parents=True, exist_ok=True)
+        for path, points in zip(paths, blended, strict=True):
+            draw_overlay(overlay_dir / f"{path.stem}.png", load_image(path), points)
+    return Inferred(csv=out, file_names=names, points=blended, images_per_second=images_per_second,
+                    overlays=overlay_dir)

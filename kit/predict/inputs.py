@@ -1,0 +1,32 @@
+"""Model inputs on the device: uint8 crops to normalised float, and bf16 autocast on CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA; a no-op on the CPU (CPU bf16 is slower than fp32 on most machines)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def normalise(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tensor:
+    """[0, 1] float (B, 3, H, W) -> normalised, in channels_last when asked."""
+    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean_t) / std_t
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def to_unit_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, 3) on any device -> float (B, 3, H, W) in [0, 1] on ``device``."""
+    return images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def prepare_input(images: torch.Tensor, model, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on the device; normalising there keeps host work small."""
+    return normalise(to_unit_float(images, device), model.mean, model.std, channels_last)

@@ -1,0 +1,51 @@
+"""Prediction with optional flip TTA, in model-input pixels and mapped back to original-image pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from kit.data.dataset import CropDataset
+from kit.data.prepare import CropCache
+from kit.predict.flip import mirror_points
+from kit.predict.inputs import autocast, prepare_input
+
+
+def inference_loader(dataset, batch_size: int, device: torch.device, num_workers: int = 0) -> DataLoader:
+    """In-order batches of an un-augmented dataset (pinned on CUDA)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+@torch.no_grad()
+def predict_points(
+    model,
+    loader,
+    device: torch.device,
+    amp: bool = True,
+    channels_last: bool = True,
+    flip_perm: np.ndarray | None = None,
+) -> np.ndarray:
+    """Coordinates (N, P, 2) in model-input pixels, in loader order; with ``flip_perm``, mirrored TTA averaged in."""
+    model.eval()
+    perm = None if flip_perm is None else torch.as_tensor(flip_perm, device=device)
+    out = []
+    for x, _, _ in loader:
+        x = prepare_input(x, model, device, channels_last)
+        with autocast(device, amp):
+            points = model.decode(model(x)).float()
+            if perm is not None:
+                mirrored = model.decode(model(torch.flip(x, dims=[3]))).float()
+                points = (points + mirror_points(mirrored, x.shape[-1], perm)) / 2
+        out.append(points.cpu())  # one copy per batch, after the batch's work is queued
+    return torch.cat(out).numpy() if out else np.zeros((0, model.n_points, 2), np.float32)
+
+
+def predict_original(model, cache: CropCache, rows: np.ndarray, device: torch.device, batch_size: int,
+                     amp: bool = True, channels_last: bool = True, flip_perm: np.ndarray | None = None,
+                     num_workers: int = 0) -> np.ndarray:
+    """Original-pixel predictions (len(rows), P, 2) for ``rows`` of ``cache``."""
+    loader = inference_loader(CropDataset(cache, rows), batch_size, device, num_workers)
+    points = predict_points(model, loader, device, amp, channels_last, flip_perm)
+    return cache.to_original(points, rows)

@@ -1,0 +1,87 @@
+"""``kit infer``: landmarks for any folder of images from a run's fold models or a blend, equal to test.npy."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import build_competition
+from typer.testing import CliRunner
+
+from kit.blend.blend import blend_runs
+from kit.cli import app
+from kit.config import pipeline_from_dict
+from kit.data.competition import Competition
+from kit.data.folds import make_folds, write_folds
+from kit.errors import KitError
+from kit.predict.infer import infer
+from kit.runs import load_run
+from kit.train import fold_train
+
+TINY = {
+    "model": {"backbone": "test_resnet", "pretrained": {"source": "none"}},
+    "input": {"size": 32, "pad": 4, "margin": 0.1},
+    "augment": {"blur": 0, "noise": 0},
+    "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "report_images": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("infer")
+    comp = build_competition(base / "comp", n_train=8, n_test=5, n_points=20, size=(44, 52))
+    write_folds(Competition.load(comp.root).folds_csv, make_folds(comp.train_names, k=2, seed=0))
+    fold_train(pipeline_from_dict(TINY | {"name": "flip", "tta": {"hflip": True}}), comp.root, out_dir=base / "runs")
+    fold_train(pipeline_from_dict(TINY | {"name": "plain", "train": TINY["train"] | {"seed": 1}}), comp.root,
+               out_dir=base / "runs")
+    return base, comp.root
+
+
+def _table(csv):
+    table = pd.read_csv(csv, sep="\t")
+    return table["file_name"].tolist(), table.drop(columns="file_name").to_numpy(np.float64).reshape(len(table), -1, 2)
+
+
+def _by_name(run_test: np.ndarray, data):
+    names = Competition.load(data).test.file_names.tolist()
+    order = np.argsort(names)
+    return [names[i] for i in order], run_test[order]
+
+
+@pytest.mark.parametrize("name", ["flip", "plain"])
+def test_infer_on_the_test_images_reproduces_test_npy(runs, tmp_path, name):
+    base, data = runs
+    out = tmp_path / "pred.csv"
+    result = CliRunner().invoke(app, ["infer", str(base / "runs" / name), "--images", str(data / "test" / "images"),
+                                      "--out", str(out), "--overlays", str(tmp_path / "png")])
+    assert result.exit_code == 0, result.output
+    names, points = _table(out)
+    expected_names, expected = _by_name(np.asarray(load_run(base / "runs" / name).test), data)
+    assert names == expected_names and points.shape == (5, 20, 2)
+    np.testing.assert_allclose(points, expected, atol=1e-3)
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [n.replace(".jpg", ".png") for n in names]
+
+
+def test_infer_from_a_blend_applies_its_weights(runs, tmp_path):
+    base, data = runs
+    blend = blend_runs([base / "runs" / "flip", base / "runs" / "plain"], data, method="weights", name="b",
+                       out_dir=tmp_path / "subs")
+    weights = [run.weight for run in blend.runs]
+    tests = [np.asarray(load_run(base / "runs" / r).test, np.float64) for r in ("flip", "plain")]
+    _, expected = _by_name(weights[0] * tests[0] + weights[1] * tests[1], data)
+    result = infer(blend.json, data / "test" / "images", tmp_path / "blend.csv")
+    np.testing.assert_allclose(result.points, expected, atol=1e-3)
+
+
+def test_infer_refuses_bad_sources_and_existing_output(runs, tmp_path):
+    base, data = runs
+    images = data / "test" / "images"
+    with pytest.raises(KitError, match="expected a finished run folder or a blend's .json"):
+        infer(data / "train" / "landmarks.csv", images, tmp_path / "x.csv")
+    with pytest.raises(KitError, match="metrics.json: missing"):
+        infer(data, images, tmp_path / "x.csv")
+    (tmp_path / "taken.csv").write_text("keep")
+    with pytest.raises(KitError, match="taken.csv: exists"):
+        infer(base / "runs" / "plain", images, tmp_path / "taken.csv")
+    assert (tmp_path / "taken.csv").read_text() == "keep"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KitError, match="no images"):
+        infer(base / "runs" / "plain", tmp_path / "empty", tmp_path / "y.csv")

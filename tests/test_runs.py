@@ -1,0 +1,192 @@
+"""The run contract: identity of finished folds, validation before any work, locks, plain run names."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from kit.cli import app
+from kit.config import load_pipeline
+from kit.data.competition import Competition
+from kit.data.folds import make_folds, write_folds
+from kit.errors import KitError
+from kit.runs import Identity, RunDir, SplitInfo, acquire_lock, load_run, release_lock
+from kit.synth import generate_competition
+from kit.train import fold_train
+
+TINY = [
+    "model.backbone=test_resnet", "input.size=32", "input.pad=4", "train.batch_size=8", "train.epochs=1",
+    "train.num_workers=0", "train.report_images=0", "augment.blur=0", "augment.noise=0",
+]
+
+
+def _set_args(extra=()):
+    return sum((["--set", s] for s in [*TINY, *extra]), [])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs") / "c"
+    generate_competition(root, n_train=15, n_test=3, seed=4, n_points=100)
+    comp = Competition.load(root)
+    write_folds(comp.folds_csv, make_folds(comp.train.file_names, k=3, seed=0))
+    return root
+
+
+def _pipeline(tmp_path: Path, name: str, extra=()):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\nmodel: {{pretrained: {{source: none}}}}\n")
+    return path, load_pipeline(path, [*TINY, *extra])
+
+
+def _fresh_copy(data: Path, tmp_path: Path) -> Path:
+    """A copy of the competition without derived files: nothing a failed command writes can hide."""
+    root = tmp_path / "fresh"
+    shutil.copytree(data, root, ignore=shutil.ignore_patterns(".kit_cache", "flip_permutation.txt"))
+    return root
+
+
+def _derived(root: Path) -> list[str]:
+    return sorted(p.name for p in [root / ".kit_cache", root / "flip_permutation.txt"] if p.exists())
+
+
+def test_identity_names_what_differs():
+    split = SplitInfo(folds_sha256="a", train_names_sha256="b", test_names_sha256="c", n_points=3)
+    ident = Identity(pipeline_sha256="p", split_sha256=split.digest(), kit_version="1")
+    assert ident.differences(ident) == []
+    other = ident.model_copy(update={"pipeline_sha256": "q", "kit_version": "2"})
+    assert ident.differences(other) == ["pipeline", "kit version"]
+    assert split.first_difference(split.model_copy(update={"n_points": 4})) == "n_points"
+
+
+def test_a_fold_from_another_pipeline_or_split_is_never_skipped(data, tmp_path):
+    _, first = _pipeline(tmp_path, "first")
+    fold_train(first, data, out_dir=tmp_path / "runs", folds="0")
+    # A fold folder copied from a run of another backbone / learning rate.
+    _, second = _pipeline(tmp_path, "second", ["optim.lr=0.01"])
+    shutil.copytree(tmp_path / "runs" / "first" / "fold0", tmp_path / "runs" / "second" / "fold0")
+    with pytest.raises(KitError, match=r"second/fold0: finished with another pipeline than this run"):
+        fold_train(second, data, out_dir=tmp_path / "runs", folds="0,1")
+    assert not (tmp_path / "runs" / "second" / "fold1").exists()  # refused before any work
+    # The same pipeline on another fold split of the same images.
+    other = tmp_path / "other"
+    shutil.copytree(data, other, ignore=shutil.ignore_patterns(".kit_cache"))
+    comp = Competition.load(other)
+    write_folds(comp.folds_csv, make_folds(comp.train.file_names, k=3, seed=1))
+    shutil.copytree(tmp_path / "runs" / "first", tmp_path / "runs2" / "first")
+    with pytest.raises(KitError, match=r"first/fold0: finished with another fold split or data"):
+        fold_train(first, other, out_dir=tmp_path / "runs2", folds="0")
+
+
+def test_cli_refuses_an_escaping_run_name(data, tmp_path):
+    path, _ = _pipeline(tmp_path, "p")
+    out = tmp_path / "deep" / "runs"
+    result = CliRunner().invoke(app, ["fold-train", str(path), "--data", str(data), "--out", str(out),
+                                      *_set_args(["name=../../escape"])])
+    assert result.exit_code == 1
+    assert "run name '../../escape'" in result.output and "no folders" in result.output
+    assert not (tmp_path / "escape").exists() and not out.exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--folds", "7"], "--folds '7': the split has 3 folds"),
+    (["--set", "model.backbone=resnet999"], "unknown timm model 'resnet999'"),
+])
+def test_bad_pipeline_fails_before_any_work_and_the_fix_starts_cleanly(data, tmp_path, bad, message):
+    root = _fresh_copy(data, tmp_path)
+    path, _ = _pipeline(tmp_path, "p")
+    out = tmp_path / "runs"
+    command = ["fold-train", str(path), "--data", str(root), "--out", str(out), *_set_args()]
+    result = CliRunner().invoke(app, [*command, *bad])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert _derived(root) == [] and not out.exists()  # no flip file, no caches, no claimed run
+    result = CliRunner().invoke(app, [*command, "--folds", "0"])
+    assert result.exit_code == 0, result.output
+    assert RunDir(out / "p").read_fold(0) is not None
+
+
+def test_missing_image_fails_before_any_work_and_the_fixed_data_starts_cleanly(data, tmp_path):
+    root = _fresh_copy(data, tmp_path)
+    image = sorted((root / "train" / "images").iterdir())[4]
+    moved = image.rename(tmp_path / image.name)
+    _, pipeline = _pipeline(tmp_path, "p")
+    with pytest.raises(KitError, match=rf"{image.name}: image missing \(listed in .*landmarks.csv\)"):
+        fold_train(pipeline, root, out_dir=tmp_path / "runs", folds="0")
+    assert _derived(root) == [] and not (tmp_path / "runs").exists()
+    moved.rename(image)
+    assert fold_train(pipeline, root, out_dir=tmp_path / "runs", folds="0") is None  # fold 0 of 3 trained
+    assert RunDir(tmp_path / "runs" / "p").read_fold(0) is not None
+
+
+def test_a_run_without_finished_folds_is_not_a_claim(data, tmp_path):
+    _, old = _pipeline(tmp_path, "p", ["optim.lr=0.5"])
+    run = RunDir(tmp_path / "runs" / "p")
+    run.path.mkdir(parents=True)
+    run.record(old, SplitInfo.of(Competition.load(data)), None)  # claimed, then stopped before finishing a fold
+    _, fixed = _pipeline(tmp_path, "p")
+    fold_train(fixed, data, out_dir=tmp_path / "runs", folds="0")
+    assert run.read_pipeline() == fixed and run.read_fold(0) is not None
+
+
+def test_lock_names_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    lock = tmp_path / ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "started": time.time()}))
+        with pytest.raises(KitError, match=rf"fold 3 is being trained by process {holder.pid} on "):
+            acquire_lock(lock, "fold 3")
+    finally:
+        holder.kill()
+        holder.wait()
+    acquire_lock(lock, "fold 3")  # its process is gone: a stale lock is taken over
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    release_lock(lock)
+    assert not lock.exists()
+
+
+@pytest.mark.slow
+def test_second_fold_train_on_the_same_run_is_refused_while_the_first_runs(data, tmp_path):
+    path, pipeline = _pipeline(tmp_path, "locked")
+    args = [sys.executable, "-m", "kit", "fold-train", str(path), "--data", str(data), "--out", str(tmp_path / "runs"),
+            *_set_args(["train.epochs=200"])]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = tmp_path / "runs" / "locked" / "fold0" / ".lock"
+    try:
+        deadline = time.time() + 120
+        while not lock.is_file():
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.1)
+        with pytest.raises(KitError, match=rf"locked/fold0: fold 0 is being trained by process {first.pid} "):
+            fold_train(pipeline, data, out_dir=tmp_path / "runs")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert lock.is_file()  # kill -9 leaves its lock; the next run takes it over
+    metrics = fold_train(pipeline, data, out_dir=tmp_path / "runs")
+    assert metrics is not None and not lock.exists()
+    assert load_run(tmp_path / "runs" / "locked").metrics.identity == Identity.of(pipeline, metrics.split)
+
+
+def test_corrupt_records_are_named(data, tmp_path):
+    _, pipeline = _pipeline(tmp_path, "p")
+    fold_train(pipeline, data, out_dir=tmp_path / "runs")
+    run = RunDir(tmp_path / "runs" / "p")
+    good = (run.path / "metrics.json").read_text()
+    np.save(run.path / "test.npy", np.zeros((3, 7, 2), np.float32))
+    with pytest.raises(KitError, match=r"p/test.npy: shape \(3, 7, 2\), expected \(rows, 100, 2\)"):
+        load_run(run.path)
+    (run.path / "metrics.json").write_text('{"oof_mse": 1}')
+    with pytest.raises(KitError, match=r"p/metrics.json: invalid RunMetrics \(key 'name'"):
+        load_run(run.path)
+    (run.path / "metrics.json").write_text(good)
+    (run.fold_dir(1) / "done.json").write_text("not json")
+    with pytest.raises(KitError, match=r"fold1/done.json: unreadable"):
+        run.read_fold(1)
