@@ -23,6 +23,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Everything but the tests marked slow (those that train several epochs or spawn processes): at most a minute.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
@@ -35,9 +36,10 @@ demo: $(STAMP)
 	$(KIT) weights import efficientnet-lite0
 	$(KIT) fold-train pipelines/demo_regression.yaml --data $(DEMO_DIR) --out $(RUNS_DIR)
 	$(KIT) fold-train pipelines/demo_heatmap.yaml --data $(DEMO_DIR) --out $(RUNS_DIR)
-	$(KIT) blend $(RUNS_DIR)/demo_regression --data $(DEMO_DIR) --method mean --name demo_regression
-	$(KIT) blend $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --method mean --name demo_heatmap
-	$(KIT) blend $(RUNS_DIR)/demo_regression $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --method weights --name demo
+	$(KIT) blend $(RUNS_DIR)/demo_regression --data $(DEMO_DIR) --method mean --name demo_regression --force
+	$(KIT) blend $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --method mean --name demo_heatmap --force
+	$(KIT) blend $(RUNS_DIR)/demo_regression $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --method weights --name demo \
+		--force
 	$(KIT) validate submissions/demo.csv --data $(DEMO_DIR)
 	$(KIT) submit submissions/demo.csv --data $(DEMO_DIR) --competition made-thousand-facial-landmarks \
 		--message "kit demo" --dry-run
@@ -46,12 +48,15 @@ demo: $(STAMP)
 	@printf "demo_heatmap     "; $(KIT) score submissions/demo_heatmap.csv --data $(DEMO_DIR)
 	@printf "blend (demo.csv) "; $(KIT) score submissions/demo.csv --data $(DEMO_DIR)
 
+LINTED := kit tests benchmarks
+
 fixup: $(STAMP)
-	$(PY) -m ruff format kit tests
-	$(PY) -m ruff check --fix kit tests
+	$(PY) -m ruff format $(LINTED)
+	$(PY) -m ruff check --fix $(LINTED)
 
 lint: $(STAMP)
-	$(PY) -m ruff check kit tests
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
 
 clean:
 	rm -rf demo runs .pytest_cache

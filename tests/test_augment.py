@@ -111,8 +111,8 @@ def test_device_matrices_equal_albumentations_affine():
         expected = fgeometric.create_affine_transformation_matrix(
             {"x": tx, "y": ty}, {"x": 0.0, "y": 0.0}, {"x": scale, "y": scale}, degrees, fgeometric.center((SIDE, SIDE))
         )[:2] - [[0, 0, PAD], [0, 0, PAD]]  # then the centre crop
-        ours = affine_matrices(torch.tensor([scale]), torch.tensor([degrees]), torch.tensor([[tx, ty]], dtype=torch.float),
-                               SIZE, SIDE)
+        shift = torch.tensor([[tx, ty]], dtype=torch.float)
+        ours = affine_matrices(torch.tensor([scale]), torch.tensor([degrees]), shift, SIZE, SIDE)
         np.testing.assert_allclose(ours[0].numpy(), expected, atol=1e-4)
 
 
@@ -291,7 +291,7 @@ def test_both_paths_have_the_same_photometric_statistics(tmp_path):
     cache = _cache(tmp_path, _texture(n, SIDE, seed=3))
     cfg = AugmentConfig(**NO_GEOMETRY, color=1, blur=0.5, noise=1, cutout=0.5)
     (cpu, _), (dev, _) = _both_paths(cache, np.zeros((n, 1, 2), np.float32), cfg, None)
-    plain = _unit(cache.images()[:, PAD:-PAD, PAD:-PAD]).numpy()
+    plain = _unit(np.array(cache.images()[:, PAD:-PAD, PAD:-PAD])).numpy()
     for a, b, before in zip(_features(cpu), _features(dev), _features(plain), strict=True):
         assert stats.ks_2samp(a, b).statistic < 0.1
         assert stats.ks_2samp(a, before).statistic > 0.2  # the statistic does see the augmentation

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import random_poses, symmetric_layout
 
+from kit.data.augment import hflip
 from kit.data.flip import derive_flip_permutation, flip_points, load_permutation, save_permutation
 from kit.errors import DataError
+from kit.predict.flip import mirror_points
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -48,13 +51,45 @@ def test_random_points_are_not_symmetric():
         derive_flip_permutation(shapes)
 
 
-def test_applying_the_permutation_twice_is_the_identity(tmp_path):
+def _flip_twice_is_identity(perm: np.ndarray, points: np.ndarray, image: np.ndarray) -> None:
+    """Every flip helper of the kit, applied twice with ``perm``, gives back its input (AssertionError if not)."""
+    width = image.shape[1]
+    np.testing.assert_allclose(flip_points(flip_points(points, width, perm), width, perm), points)
+    t, t_perm = torch.from_numpy(points), torch.from_numpy(perm)
+    np.testing.assert_allclose(mirror_points(mirror_points(t, width, t_perm), width, t_perm).numpy(), points)
+    rows = torch.arange(len(points)) % 2 == 0
+    once = mirror_points(t, width, t_perm, rows)
+    np.testing.assert_array_equal(once[~rows].numpy(), points[~rows.numpy()])  # rows left out are untouched
+    np.testing.assert_allclose(mirror_points(once, width, t_perm, rows).numpy(), points)
+    for shape in points:
+        back_image, back = hflip(*hflip(image, shape, perm), perm)
+        np.testing.assert_array_equal(back_image, image)
+        np.testing.assert_allclose(back, shape, atol=1e-4)
+
+
+def test_the_kits_permutation_and_flips_applied_twice_are_the_identity(tmp_path):
     rng = np.random.default_rng(1)
-    _, perm = symmetric_layout(971, rng)
-    points = rng.uniform(0, 100, (4, 971, 2))
-    np.testing.assert_array_equal(points[:, perm][:, perm], points)
-    save_permutation(tmp_path / "flip.txt", perm)
-    np.testing.assert_array_equal(load_permutation(tmp_path / "flip.txt", n_points=971), perm)
+    layout, _ = symmetric_layout(971, rng)
+    derived = derive_flip_permutation(np.rint(random_poses(layout, 40, rng, max_angle=20.0, scale=(300.0, 400.0))))
+    save_permutation(tmp_path / "flip.txt", derived)
+    perm = load_permutation(tmp_path / "flip.txt", n_points=971)
+    np.testing.assert_array_equal(perm, derived)
+    np.testing.assert_array_equal(perm[perm], np.arange(971))
+    points = rng.uniform(-10, 110, (4, 971, 2))
+    image = rng.integers(0, 256, (90, 100, 3), dtype=np.uint8)
+    _flip_twice_is_identity(perm, points, image)
+    # The torch helper and the numpy one agree.
+    np.testing.assert_allclose(mirror_points(torch.from_numpy(points), 100, torch.from_numpy(perm)).numpy(),
+                               flip_points(points, 100, perm))
+    # A permutation that is not an involution is caught, by the file check and by the helpers.
+    bad = perm.copy()
+    bad[[0, 1, 2]] = perm[[1, 2, 0]]
+    assert not np.array_equal(bad[bad], np.arange(971))
+    with pytest.raises(AssertionError):
+        _flip_twice_is_identity(bad, points, image)
+    save_permutation(tmp_path / "bad.txt", bad)
+    with pytest.raises(DataError, match="not an involution"):
+        load_permutation(tmp_path / "bad.txt", n_points=971)
 
 
 def test_flip_points_twice_is_the_identity():

@@ -116,3 +116,21 @@ def test_cli_decoder_choices_are_the_codec_decoders():
     from kit.codecs import DECODERS
 
     assert [d.value for d in DecoderChoice] == list(DECODERS)
+
+
+def test_force_replaces_a_run_only_once_the_new_one_is_complete(finished_run, monkeypatch):
+    run_dir, data = finished_run
+    first = repredict(run_dir, data, name="hm-replaced")
+    before = _digest(first.run_dir)
+
+    def broken(*args, **kwargs):
+        raise KitError("simulated failure in the middle of prediction")
+
+    monkeypatch.setattr("kit.predict.repredict.predict_original", broken)
+    with pytest.raises(KitError, match="simulated failure"):
+        repredict(run_dir, data, name="hm-replaced", tta="hflip", force=True)
+    assert _digest(first.run_dir) == before  # the old run is intact
+    assert [p.name for p in run_dir.parent.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+    monkeypatch.undo()
+    again = repredict(run_dir, data, name="hm-replaced", tta="hflip", force=True)
+    assert load_run(again.run_dir).metrics.tta == {"hflip": True}

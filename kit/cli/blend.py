@@ -13,7 +13,7 @@ from kit.cli._common import console, handle_errors
 
 @handle_errors
 def blend(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Finished run folders (oof.npy, test.npy, metrics.json).")],
+    run_dirs: Annotated[list[Path], typer.Argument(help="Finished run folders (kit fold-train or kit predict).")],
     data: Annotated[Path, typer.Option(help="Competition folder (train/landmarks.csv, test/, folds.csv).")],
     method: Annotated[Method, typer.Option(help="How the runs are weighted.")] = Method.weights,
     name: Annotated[str | None, typer.Option(help="Output name (default: blend-METHOD).")] = None,

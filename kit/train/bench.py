@@ -78,6 +78,7 @@ def bench(pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: i
         elif seen > warmup:
             images += len(x)
     _sync(device)
+    results["input_images"] = images
     results["input_images_per_second"] = images / (time.perf_counter() - start) if start and images else float("nan")
 
     # 2. Model step alone: random uint8 batches already on the device.
@@ -112,6 +113,8 @@ def bench(pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: i
     _sync(device)
     stats = train_one_epoch(model, _cycle(loader, batches), optimizer, capped, device, 0, batches,
                             batch_transform=transform)
+    results["model_images"] = batches * batch_size
+    results["full_loop_images"] = stats["train_images"]
     results["full_loop_images_per_second"] = stats["train_images"] / stats["train_seconds"]
     results["full_vs_model"] = results["full_loop_images_per_second"] / results["model_images_per_second"]
     return results

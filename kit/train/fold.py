@@ -189,7 +189,7 @@ def train_fold(
             n_train=len(train_rows), n_valid=len(valid_rows), history=tuple(history), identity=identity,
             world_size=dist.world_size,
         )
-        run.write_fold(fold, summary, oof, test)  # done.json last: its presence marks the fold finished
+        run.write_fold(fold, summary, oof, test)  # the summary last: its presence marks the fold finished
         last_path.unlink(missing_ok=True)
     barrier(dist)
     return summary

@@ -90,7 +90,7 @@ def fold_train(
     reporter: Reporter | None = None,
 ) -> RunMetrics | None:
     """Train every selected fold (finished folds are skipped, interrupted ones resumed), then, once all folds
-    of the split are done, write ``oof.npy``, ``test.npy``, ``metrics.json`` and ``report.png``.
+    of the split are done, assemble the run (``kit.runs.RunDir.assemble``): OOF and test predictions, metrics, report.
 
     Returns the run metrics, or None while some folds of the split are still missing.
     """
