@@ -431,6 +431,8 @@ class RunDir:
                 lock = self.fold_dir(fold) / LOCK_FILE
                 acquire_lock(lock, f"fold {fold}")
                 locks.append(lock)
+                for leftover in self.fold_dir(fold).glob(".*.tmp"):  # from a killed writer: the fold is ours now
+                    leftover.unlink(missing_ok=True)
                 self._discard_foreign_checkpoint(fold, identity)
             finished = self.check_folds(identity, max(k, self._known_folds()))  # another process may have finished
             self.record(pipeline, split, flip_perm)

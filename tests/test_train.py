@@ -177,4 +177,4 @@ def test_asymmetric_layout_trains_without_flips_and_names_the_fix_with_them(make
         fold_train(flipping, comp.root, out_dir=tmp_path / "runs")
     _, plain = _pipeline(tmp_path, "plain", ["augment.hflip=0", "tta.hflip=false", "train.epochs=1"])
     metrics = fold_train(plain, comp.root, out_dir=tmp_path / "runs")
-    assert np.load(tmp_path / "runs" / "plain" / "oof.npy").shape == (9, 12, 2) and np.isfinite(metrics["oof_mse"])
+    assert np.load(tmp_path / "runs" / "plain" / "oof.npy").shape == (9, 12, 2) and np.isfinite(metrics.oof_mse)

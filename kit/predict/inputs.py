@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -14,10 +15,15 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+@functools.lru_cache(maxsize=16)
+def _statistics(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: building them every step would copy from the host each time.
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
+
+
 def normalise(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tensor:
     """[0, 1] float (B, 3, H, W) -> normalised, in channels_last when asked."""
-    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    mean_t, std_t = _statistics(tuple(mean), tuple(std), x.device)
     x = (x - mean_t) / std_t
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 

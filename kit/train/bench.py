@@ -16,7 +16,8 @@ from kit.models import create_model
 from kit.train.distributed import DistInfo
 from kit.predict.inputs import autocast, prepare_input
 from kit.train.engine import make_optimizer, train_one_epoch
-from kit.train.fold import FoldData, _loader, device_augmenter
+from kit.data.gpu_augment import make_batch_transform
+from kit.train.fold import FoldData, _loader
 from kit.data.derived import flip_permutation
 
 
@@ -59,18 +60,16 @@ def bench(pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: i
     results: dict = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
                      "batch_size": batch_size, "input_size": size, "n_points": comp.n_points}
 
-    # 1. Input pipeline alone: what the DataLoader (plus device augmentation, if configured) delivers.
+    # 1. Input pipeline alone: what the DataLoader plus the device augmentation delivers.
     loader = _train_loader(pipeline, data, device)
     model = create_model(pipeline, comp.n_points).to(device)
     if pipeline.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    transform = device_augmenter(pipeline, model, data.flip_perm, device, 0) if pipeline.augment.gpu else None
+    transform = make_batch_transform(pipeline.augment, size, model.mean, model.std, pipeline.train.channels_last,
+                                     data.flip_perm, device, 0, geometry_on_device=pipeline.augment.gpu)
     images, start, seen = 0, None, 0
     for x, points, _ in _cycle(loader, warmup + batches):
-        if transform is not None:
-            transform(x.to(device, non_blocking=True), points.to(device))
-        else:
-            prepare_input(x, model, device, pipeline.train.channels_last)
+        transform(x.to(device, non_blocking=True), points.to(device))
         seen += 1
         if seen == warmup:
             _sync(device)

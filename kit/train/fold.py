@@ -13,8 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from kit.config import Pipeline
 from kit.data.dataset import CropDataset, RawCropBatches, keep_batch, seed_worker
-from kit.data.gpu_augment import gpu_augment
-from kit.predict.inputs import normalise
+from kit.data.gpu_augment import make_batch_transform
 from kit.predict.tta import predict_original as _predict_original
 from kit.data.prepare import CropCache
 from kit.metrics import mse
@@ -58,21 +57,6 @@ def _loader(dataset, batch_size: int, pipeline: Pipeline, device: torch.device, 
         generator=generator,
         collate_fn=collate_fn,
     )
-
-
-def device_augmenter(pipeline: Pipeline, model: LandmarkModel, flip_perm: np.ndarray | None, device: torch.device,
-                     seed: int):
-    """The ``batch_transform`` of the fast path: augment uint8 cache crops on the device, then normalise."""
-    generator = torch.Generator().manual_seed(seed)
-    device_generator = torch.Generator(device=device).manual_seed(seed)
-    perm = None if flip_perm is None else torch.as_tensor(flip_perm, device=device)
-    size, cfg = pipeline.input.size, pipeline.augment
-
-    def transform(images: torch.Tensor, points: torch.Tensor):
-        x, points = gpu_augment(images, points, cfg, size, perm, generator, device_generator)
-        return normalise(x, model.mean, model.std, pipeline.train.channels_last), points
-
-    return transform
 
 
 def predict_original(model: LandmarkModel, cache: CropCache, rows: np.ndarray, pipeline: Pipeline,
@@ -138,7 +122,11 @@ def train_fold(
         reporter.message(f"fold {fold}: resuming after epoch {start_epoch}")
 
     train_model = DistributedDataParallel(model) if dist.enabled else model
-    batch_transform = device_augmenter(pipeline, model, data.flip_perm, device, seed) if pipeline.augment.gpu else None
+    # Photometric augmentation (and, with augment.gpu, the geometry too) runs on the device for both paths; each
+    # rank of a DDP run draws its own stream.
+    batch_transform = make_batch_transform(pipeline.augment, pipeline.input.size, model.mean, model.std,
+                                           cfg.channels_last, data.flip_perm, device, seed + 1000 * dist.rank,
+                                           geometry_on_device=pipeline.augment.gpu)
     truth = data.points[valid_rows]
     for epoch in range(start_epoch, cfg.epochs):
         if isinstance(train_loader.sampler, DistributedSampler):
