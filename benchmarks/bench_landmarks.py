@@ -112,7 +112,9 @@ def _warm_memory(gib: float) -> None:
 def _measure(mode: str, path: Path, cache_dir: Path) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--dir", str(path.parent), "--cache-dir", str(cache_dir)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -74,10 +74,14 @@ class ModelConfig(_Strict):
 
 def _unknown_family(family: Any, choices: list[str]) -> ValidationError:
     """An error at ``family`` that pydantic nests under the ``model`` key like its own errors."""
-    error = PydanticCustomError("unknown_family", "unknown model family '{family}' (choose from {choices})",
-                                {"family": str(family), "choices": ", ".join(choices)})
-    return ValidationError.from_exception_data("ModelConfig", [InitErrorDetails(type=error, loc=("family",),
-                                                                                input=family)])
+    error = PydanticCustomError(
+        "unknown_family",
+        "unknown model family '{family}' (choose from {choices})",
+        {"family": str(family), "choices": ", ".join(choices)},
+    )
+    return ValidationError.from_exception_data(
+        "ModelConfig", [InitErrorDetails(type=error, loc=("family",), input=family)]
+    )
 
 
 def _family_section(value: Any, handler: ValidatorFunctionWrapHandler) -> ModelConfig:
@@ -123,9 +127,11 @@ class AugmentConfig(_Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> AugmentConfig:
-        for key, (low, high), floor, ceiling in [("noise_std", self.noise_std, 0, 1),
-                                                 ("cutout_holes", self.cutout_holes, 0, 16),
-                                                 ("cutout_size", self.cutout_size, 0, 1)]:
+        for key, (low, high), floor, ceiling in [
+            ("noise_std", self.noise_std, 0, 1),
+            ("cutout_holes", self.cutout_holes, 0, 16),
+            ("cutout_size", self.cutout_size, 0, 1),
+        ]:
             if not floor <= low <= high <= ceiling:
                 raise ValueError(f"{key} must be a range [low, high] with {floor} <= low <= high <= {ceiling}")
         return self
@@ -175,7 +181,8 @@ class Pipeline(_Strict):
     name: str
     # validated as the config class of model.family; serialised with that class's fields
     model: Annotated[SerializeAsAny[ModelConfig], WrapValidator(_family_section)] = Field(
-        default_factory=dict, validate_default=True)
+        default_factory=dict, validate_default=True
+    )
     input: InputConfig = Field(default_factory=InputConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     loss: LossConfig = Field(default_factory=LossConfig)

@@ -57,8 +57,12 @@ def coordinate_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -
         # exponent is alpha (target intensity 0), which keeps the loss smooth at zero and robust for large errors.
         scale = cfg.awing_omega
         return adaptive_wing(
-            (pred - target) / scale, torch.zeros_like(pred), cfg.awing_alpha, cfg.awing_omega,
-            cfg.awing_epsilon, cfg.awing_theta,
+            (pred - target) / scale,
+            torch.zeros_like(pred),
+            cfg.awing_alpha,
+            cfg.awing_omega,
+            cfg.awing_epsilon,
+            cfg.awing_theta,
         )
     raise ValueError(f"unknown loss {cfg.name!r}")
 
@@ -104,6 +108,7 @@ def heatmap_adaptive_wing(
     """Adaptive Wing loss (Wang et al., 2019) between heatmaps and the separable Gaussian targets, with the paper's
     weighted loss map (``weight``, ``threshold``)."""
     h, w = heatmaps.shape[-2:]
-    mean = adaptive_wing(heatmaps, _outer(gy, gx), alpha, omega, epsilon, theta,
-                         weight=awing_weight_map(gy, gx, weight, threshold))
+    mean = adaptive_wing(
+        heatmaps, _outer(gy, gx), alpha, omega, epsilon, theta, weight=awing_weight_map(gy, gx, weight, threshold)
+    )
     return mean * (h * w)

@@ -20,6 +20,8 @@ def check_name(name: str, what: str = "name") -> str:
         KitError: naming ``what`` (e.g. ``--name`` or ``pipeline name``) and the offending name.
     """
     if not is_plain_name(name):
-        raise KitError(f"{what} '{name}': use letters, digits, '.', '_' and '-', starting with a letter or digit "
-                       "(no folders, no '..')")
+        raise KitError(
+            f"{what} '{name}': use letters, digits, '.', '_' and '-', starting with a letter or digit "
+            "(no folders, no '..')"
+        )
     return name

@@ -72,8 +72,12 @@ class SplitInfo(_Record):
     def of(cls, comp: Competition) -> SplitInfo:
         from kit.io import file_sha256
 
-        return cls(folds_sha256=file_sha256(comp.folds_csv), train_names_sha256=names_sha256(comp.train.file_names),
-                   test_names_sha256=names_sha256(comp.test.file_names), n_points=comp.n_points)
+        return cls(
+            folds_sha256=file_sha256(comp.folds_csv),
+            train_names_sha256=names_sha256(comp.train.file_names),
+            test_names_sha256=names_sha256(comp.test.file_names),
+            n_points=comp.n_points,
+        )
 
     def to_dict(self) -> dict:
         return self.model_dump()
@@ -279,8 +283,10 @@ def acquire_lock(path: Path, what: str) -> None:
             if holder.host == me["host"] and (holder.pid < 0 or not _alive(holder.pid)):
                 path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
-            raise KitError(f"{path.parent}: {what} is being trained by {holder.describe()}; wait for it or choose "
-                           f"other --folds (delete {path.name} if that process is gone)")
+            raise KitError(
+                f"{path.parent}: {what} is being trained by {holder.describe()}; wait for it or choose "
+                f"other --folds (delete {path.name} if that process is gone)"
+            ) from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         return
@@ -404,13 +410,16 @@ class RunDir:
         for fold, summary in finished.items():
             differs = summary.identity.differences(identity)
             if differs:
-                raise KitError(f"{self.fold_dir(fold)}: finished with another {' and '.join(differs)} than this run "
-                               f"({self.name}); delete that fold folder or use another run name")
+                raise KitError(
+                    f"{self.fold_dir(fold)}: finished with another {' and '.join(differs)} than this run "
+                    f"({self.name}); delete that fold folder or use another run name"
+                )
         return finished
 
     @contextlib.contextmanager
-    def claim(self, pipeline: Pipeline, split: SplitInfo, folds: Sequence[int],
-              flip_perm: np.ndarray | None = None) -> Iterator[dict[int, FoldSummary]]:
+    def claim(
+        self, pipeline: Pipeline, split: SplitInfo, folds: Sequence[int], flip_perm: np.ndarray | None = None
+    ) -> Iterator[dict[int, FoldSummary]]:
         """Lock ``folds`` of the run for this process and record its pipeline and split; yields the finished folds.
 
         A run with no finished fold is not a claim: its pipeline and split are replaced, and checkpoints of
@@ -473,9 +482,17 @@ class RunDir:
         save_npy(folder / TEST_FILE, np.asarray(test, dtype=np.float32))
         write_json(folder / DONE_FILE, summary.model_dump(mode="json"))
 
-    def assemble(self, pipeline: Pipeline, split: SplitInfo, truth: np.ndarray, folds: np.ndarray,
-                 lineage: Sequence[str] = (), source_oof_mse: float | None = None,
-                 report: Callable | None = None, warn: Callable[[str], None] = print) -> RunMetrics | None:
+    def assemble(
+        self,
+        pipeline: Pipeline,
+        split: SplitInfo,
+        truth: np.ndarray,
+        folds: np.ndarray,
+        lineage: Sequence[str] = (),
+        source_oof_mse: float | None = None,
+        report: Callable | None = None,
+        warn: Callable[[str], None] = print,
+    ) -> RunMetrics | None:
         """Combine the finished folds into ``oof.npy``, ``test.npy``, ``report.png`` and ``metrics.json``.
 
         Args:
@@ -514,12 +531,19 @@ class RunDir:
             except Exception as exc:  # the report is a convenience; never lose the run over a plot
                 warn(f"{self.report_file} not written: {type(exc).__name__}: {exc}")
         metrics = RunMetrics(
-            name=pipeline.name, family=pipeline.model.family, backbone=pipeline.model.backbone,
-            oof_mse=mse(oof, truth), folds=tuple(s.score() for s in summaries),
+            name=pipeline.name,
+            family=pipeline.model.family,
+            backbone=pipeline.model.backbone,
+            oof_mse=mse(oof, truth),
+            folds=tuple(s.score() for s in summaries),
             wall_seconds=sum(s.wall_seconds for s in summaries),
             images_per_second=float(np.mean([s.images_per_second for s in summaries])),
-            tta=pipeline.tta.model_dump(), split=split, identity=identity, lineage=tuple(lineage),
-            source_oof_mse=source_oof_mse, report_seconds=time.perf_counter() - started,
+            tta=pipeline.tta.model_dump(),
+            split=split,
+            identity=identity,
+            lineage=tuple(lineage),
+            source_oof_mse=source_oof_mse,
+            report_seconds=time.perf_counter() - started,
         )
         write_json(self.metrics_file, metrics.model_dump(mode="json"))  # written last: the run is finished
         return metrics

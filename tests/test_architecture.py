@@ -17,8 +17,10 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_predict_never_imports_train():
-    offenders = {str(p.relative_to(KIT)): sorted(n for n in _imports(p) if n == "kit.train" or n.startswith("kit.train."))
-                 for p in (KIT / "predict").rglob("*.py")}
+    offenders = {
+        str(p.relative_to(KIT)): sorted(n for n in _imports(p) if n == "kit.train" or n.startswith("kit.train."))
+        for p in (KIT / "predict").rglob("*.py")
+    }
     assert {p: names for p, names in offenders.items() if names} == {}
     assert list((KIT / "predict").rglob("*.py")), "kit/predict is empty"
 
@@ -35,6 +37,9 @@ def test_model_families_are_not_named_outside_their_modules():
     for family in list_families():
         own = KIT / "models" / f"{family}.py"
         checks = [f'family == "{family}"', f"family == '{family}'", f'family != "{family}"']
-        users = sorted(str(p.relative_to(KIT)) for p in KIT.rglob("*.py")
-                       if p != own and any(check in p.read_text() for check in checks))
+        users = sorted(
+            str(p.relative_to(KIT))
+            for p in KIT.rglob("*.py")
+            if p != own and any(check in p.read_text() for check in checks)
+        )
         assert users == [], family

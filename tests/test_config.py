@@ -16,8 +16,11 @@ PIPELINES = sorted((Path(__file__).parent.parent / "pipelines").glob("*.yaml"))
 # One non-default model section per family, with a family-specific field set.
 FAMILY_SECTIONS = {
     "regression": {"family": "regression", "backbone": "test_resnet", "drop_rate": 0.2},
-    "heatmap": {"family": "heatmap", "backbone": "tu-test_resnet",
-                "heatmap": {"stride": 2, "decoder": "dark", "arch_kwargs": {"decoder_attention_type": "scse"}}},
+    "heatmap": {
+        "family": "heatmap",
+        "backbone": "tu-test_resnet",
+        "heatmap": {"stride": 2, "decoder": "dark", "arch_kwargs": {"decoder_attention_type": "scse"}},
+    },
 }
 
 
@@ -110,12 +113,15 @@ def test_unknown_family_lists_the_registered_ones(tmp_path):
     assert str(error.value) == f"{path}: key 'model.family': unknown model family 'foo' (choose from {choices})"
 
 
-@pytest.mark.parametrize("model, key", [
-    ({"heatmap": {"stride": 2}}, "model.heatmap"),  # omitted family: regression
-    ({"family": "regression", "heatmap": {}}, "model.heatmap"),
-    ({"family": "heatmap", "drop_rate": 0.1}, "model.drop_rate"),
-    ({"family": "heatmap", "heatmap": {"strid": 2}}, "model.heatmap.strid"),
-])
+@pytest.mark.parametrize(
+    "model, key",
+    [
+        ({"heatmap": {"stride": 2}}, "model.heatmap"),  # omitted family: regression
+        ({"family": "regression", "heatmap": {}}, "model.heatmap"),
+        ({"family": "heatmap", "drop_rate": 0.1}, "model.drop_rate"),
+        ({"family": "heatmap", "heatmap": {"strid": 2}}, "model.heatmap.strid"),
+    ],
+)
 def test_key_of_another_family_is_unknown(model, key):
     with pytest.raises(KitError) as error:
         pipeline_from_dict({"name": "x", "model": model}, "cfg")

@@ -21,8 +21,9 @@ def test_wing_is_log_for_small_and_linear_for_large_errors():
     assert small.item() == pytest.approx(10 * torch.log1p(torch.tensor(0.5)).item())
     # continuous at w and slope 1 beyond it
     assert (wing(torch.tensor([101.0]), zero) - large).item() == pytest.approx(1.0, rel=1e-5)
-    assert wing(torch.tensor([10.0 - 1e-4]), zero).item() == pytest.approx(wing(torch.tensor([10.0]), zero).item(),
-                                                                       rel=1e-4)
+    assert wing(torch.tensor([10.0 - 1e-4]), zero).item() == pytest.approx(
+        wing(torch.tensor([10.0]), zero).item(), rel=1e-4
+    )
 
 
 def test_adaptive_wing_continuous_at_theta_and_weighted():

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,8 +24,15 @@ from kit.synth import generate_competition
 from kit.train import fold_train
 
 TINY = [
-    "model.backbone=test_resnet", "input.size=32", "input.pad=4", "train.batch_size=8", "train.epochs=1",
-    "train.num_workers=0", "train.report_images=0", "augment.blur=0", "augment.noise=0",
+    "model.backbone=test_resnet",
+    "input.size=32",
+    "input.pad=4",
+    "train.batch_size=8",
+    "train.epochs=1",
+    "train.num_workers=0",
+    "train.report_images=0",
+    "augment.blur=0",
+    "augment.noise=0",
 ]
 
 
@@ -67,6 +75,7 @@ def test_identity_names_what_differs():
     assert split.first_difference(split.model_copy(update={"n_points": 4})) == "n_points"
 
 
+@pytest.mark.slow  # trains
 def test_a_fold_from_another_pipeline_or_split_is_never_skipped(data, tmp_path):
     _, first = _pipeline(tmp_path, "first")
     fold_train(first, data, out_dir=tmp_path / "runs", folds="0")
@@ -89,17 +98,22 @@ def test_a_fold_from_another_pipeline_or_split_is_never_skipped(data, tmp_path):
 def test_cli_refuses_an_escaping_run_name(data, tmp_path):
     path, _ = _pipeline(tmp_path, "p")
     out = tmp_path / "deep" / "runs"
-    result = CliRunner().invoke(app, ["fold-train", str(path), "--data", str(data), "--out", str(out),
-                                      *_set_args(["name=../../escape"])])
+    result = CliRunner().invoke(
+        app, ["fold-train", str(path), "--data", str(data), "--out", str(out), *_set_args(["name=../../escape"])]
+    )
     assert result.exit_code == 1
     assert "run name '../../escape'" in result.output and "no folders" in result.output
     assert not (tmp_path / "escape").exists() and not out.exists()
 
 
-@pytest.mark.parametrize("bad, message", [
-    (["--folds", "7"], "--folds '7': the split has 3 folds"),
-    (["--set", "model.backbone=resnet999"], "unknown timm model 'resnet999'"),
-])
+@pytest.mark.slow  # trains
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--folds", "7"], "--folds '7': the split has 3 folds"),
+        (["--set", "model.backbone=resnet999"], "unknown timm model 'resnet999'"),
+    ],
+)
 def test_bad_pipeline_fails_before_any_work_and_the_fix_starts_cleanly(data, tmp_path, bad, message):
     root = _fresh_copy(data, tmp_path)
     path, _ = _pipeline(tmp_path, "p")
@@ -113,6 +127,7 @@ def test_bad_pipeline_fails_before_any_work_and_the_fix_starts_cleanly(data, tmp
     assert RunDir(out / "p").read_fold(0) is not None
 
 
+@pytest.mark.slow  # trains
 def test_missing_image_fails_before_any_work_and_the_fixed_data_starts_cleanly(data, tmp_path):
     root = _fresh_copy(data, tmp_path)
     image = sorted((root / "train" / "images").iterdir())[4]
@@ -126,6 +141,7 @@ def test_missing_image_fails_before_any_work_and_the_fixed_data_starts_cleanly(d
     assert RunDir(tmp_path / "runs" / "p").read_fold(0) is not None
 
 
+@pytest.mark.slow  # trains
 def test_a_run_without_finished_folds_is_not_a_claim(data, tmp_path):
     _, old = _pipeline(tmp_path, "p", ["optim.lr=0.5"])
     run = RunDir(tmp_path / "runs" / "p")
@@ -138,14 +154,12 @@ def test_a_run_without_finished_folds_is_not_a_claim(data, tmp_path):
 
 def test_lock_names_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     lock = tmp_path / ".lock"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        lock.write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "started": time.time()}))
-        with pytest.raises(KitError, match=rf"fold 3 is being trained by process {holder.pid} on "):
-            acquire_lock(lock, "fold 3")
-    finally:
-        holder.kill()
-        holder.wait()
+    live = os.getppid()  # the process that started the tests: alive, and not this one
+    lock.write_text(json.dumps({"pid": live, "host": socket.gethostname(), "started": time.time()}))
+    with pytest.raises(KitError, match=rf"fold 3 is being trained by process {live} on {socket.gethostname()}"):
+        acquire_lock(lock, "fold 3")
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can have this id
+    lock.write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "started": time.time()}))
     acquire_lock(lock, "fold 3")  # its process is gone: a stale lock is taken over
     assert json.loads(lock.read_text())["pid"] == os.getpid()
     release_lock(lock)
@@ -155,8 +169,18 @@ def test_lock_names_a_live_holder_and_takes_over_a_dead_one(tmp_path):
 @pytest.mark.slow
 def test_second_fold_train_on_the_same_run_is_refused_while_the_first_runs(data, tmp_path):
     path, pipeline = _pipeline(tmp_path, "locked")
-    args = [sys.executable, "-m", "kit", "fold-train", str(path), "--data", str(data), "--out", str(tmp_path / "runs"),
-            *_set_args(["train.epochs=200"])]
+    args = [
+        sys.executable,
+        "-m",
+        "kit",
+        "fold-train",
+        str(path),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "runs"),
+        *_set_args(["train.epochs=200"]),
+    ]
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lock = tmp_path / "runs" / "locked" / "fold0" / ".lock"
     try:
@@ -175,6 +199,7 @@ def test_second_fold_train_on_the_same_run_is_refused_while_the_first_runs(data,
     assert load_run(tmp_path / "runs" / "locked").metrics.identity == Identity.of(pipeline, metrics.split)
 
 
+@pytest.mark.slow  # trains
 def test_corrupt_records_are_named(data, tmp_path):
     _, pipeline = _pipeline(tmp_path, "p")
     fold_train(pipeline, data, out_dir=tmp_path / "runs")

@@ -25,8 +25,12 @@ class DecoderChoice(str, Enum):
 
 @handle_errors
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="Finished run folder (pipeline.yaml, split.json, fold*/best.pt).",
-                                            exists=True, file_okay=False)],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Finished run folder (pipeline.yaml, split.json, fold*/best.pt).", exists=True, file_okay=False
+        ),
+    ],
     data: Annotated[Path, typer.Option(help="Competition folder the run was trained on.")],
     tta: Annotated[TTAChoice | None, typer.Option(help="Test-time augmentation (default: the run's).")] = None,
     decoder: Annotated[DecoderChoice | None, typer.Option(help="Heatmap decoder (default: the run's).")] = None,
@@ -37,8 +41,15 @@ def predict(
     from kit.cli.train import RichReporter
     from kit.predict.repredict import repredict
 
-    result = repredict(run_dir, data, tta=tta.value if tta else None, decoder=decoder.value if decoder else None,
-                       name=name, force=force, reporter=RichReporter())
+    result = repredict(
+        run_dir,
+        data,
+        tta=tta.value if tta else None,
+        decoder=decoder.value if decoder else None,
+        name=name,
+        force=force,
+        reporter=RichReporter(),
+    )
     source = result.source_oof_mse
     versus = f" (source {source:.4f})" if source is not None else ""
     console.print(f"OOF MSE {result.metrics.oof_mse:.4f}{versus}, written to {result.run_dir}", highlight=False)
@@ -46,10 +57,12 @@ def predict(
 
 @handle_errors
 def infer(
-    source: Annotated[Path, typer.Argument(help="A finished run folder, or a blend's NAME.json (its runs and weights).",
-                                           exists=True)],
-    images: Annotated[Path, typer.Option(help="Folder of face images (.jpg, .png, ...).", exists=True,
-                                         file_okay=False)],
+    source: Annotated[
+        Path, typer.Argument(help="A finished run folder, or a blend's NAME.json (its runs and weights).", exists=True)
+    ],
+    images: Annotated[
+        Path, typer.Option(help="Folder of face images (.jpg, .png, ...).", exists=True, file_okay=False)
+    ],
     out: Annotated[Path, typer.Option(help="CSV to write, in the landmarks.csv layout (TAB-separated, all points).")],
     overlays: Annotated[Path | None, typer.Option(help="Also write one PNG per image with its points here.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch (default: the run's x 2).")] = None,
@@ -59,11 +72,15 @@ def infer(
     from kit.cli.train import RichReporter
     from kit.predict.infer import infer as run_infer
 
-    result = run_infer(source, images, out, overlays=overlays, force=force, batch_size=batch_size,
-                       reporter=RichReporter())
+    result = run_infer(
+        source, images, out, overlays=overlays, force=force, batch_size=batch_size, reporter=RichReporter()
+    )
     extra = f", overlays in {result.overlays}" if result.overlays is not None else ""
-    console.print(f"wrote {result.csv}: {len(result.file_names)} images x {result.points.shape[1]} points "
-                  f"({result.images_per_second:,.0f} images/s){extra}", highlight=False)
+    console.print(
+        f"wrote {result.csv}: {len(result.file_names)} images x {result.points.shape[1]} points "
+        f"({result.images_per_second:,.0f} images/s){extra}",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:

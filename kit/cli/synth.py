@@ -31,8 +31,14 @@ def synth(
     with progress_bar(n_train + n_test, "rendering") as advance:
         try:
             summary = generate_competition(
-                out_dir, n_train=n_train, n_test=n_test, seed=seed, n_points=n_points,
-                n_requested=n_requested, progress=advance, force=force,
+                out_dir,
+                n_train=n_train,
+                n_test=n_test,
+                seed=seed,
+                n_points=n_points,
+                n_requested=n_requested,
+                progress=advance,
+                force=force,
             )
         except (ValueError, FileExistsError) as exc:
             raise KitError(str(exc)) from None

@@ -23,8 +23,13 @@ class RichReporter:
         if not err_console.is_terminal:
             return  # logs and pipes get the epoch lines only
         self._progress = Progress(
-            TextColumn(f"fold {fold} epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=True,
+            TextColumn(f"fold {fold} epoch {epoch + 1}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
         )
         self._progress.start()
         self._task = self._progress.add_task("train", total=n_batches, info="")
@@ -127,8 +132,11 @@ def bench(
     from kit.train.bench import bench as run_bench
 
     result = run_bench(_pipeline(pipeline, set_), data, batches=batches)
-    console.print(f"device {result['device']}  batch {result['batch_size']}  input {result['input_size']} px  "
-                  f"{result['n_points']} points", highlight=False)
+    console.print(
+        f"device {result['device']}  batch {result['batch_size']}  input {result['input_size']} px  "
+        f"{result['n_points']} points",
+        highlight=False,
+    )
     for key in ("input_images_per_second", "model_images_per_second", "full_loop_images_per_second"):
         console.print(f"{key.removesuffix('_images_per_second'):>10}  {result[key]:>10,.0f} images/s", highlight=False)
     console.print(f"full loop / model step  {100 * result['full_vs_model']:.0f}%", highlight=False)

@@ -163,9 +163,7 @@ def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> 
     return kernel / kernel.sum()
 
 
-def dark_refine(
-    maps: torch.Tensor, coords: torch.Tensor, blur: float = 0.0, kind: Outputs = "logits"
-) -> torch.Tensor:
+def dark_refine(maps: torch.Tensor, coords: torch.Tensor, blur: float = 0.0, kind: Outputs = "logits") -> torch.Tensor:
     """DARK refinement (Zhang et al., 2020): one Newton step on the log-heatmap at integer ``coords`` (B, P, 2).
 
     The log of a Gaussian peak is quadratic, so it is refined exactly. With ``blur`` > 0 the heatmap is first

@@ -24,9 +24,7 @@ def crop_transform(height: int, width: int, size: int, margin: float = 0.0) -> n
     x0 = (width - side) / 2.0
     y0 = (height - side) / 2.0
     # Map pixel-edge coordinates: (x + 0.5 - x0) * scale = x' + 0.5.
-    return np.array(
-        [[scale, 0.0, scale * (0.5 - x0) - 0.5], [0.0, scale, scale * (0.5 - y0) - 0.5]], dtype=np.float64
-    )
+    return np.array([[scale, 0.0, scale * (0.5 - x0) - 0.5], [0.0, scale, scale * (0.5 - y0) - 0.5]], dtype=np.float64)
 
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:

@@ -35,8 +35,9 @@ def sample_geometry(batch: int, cfg: AugmentConfig, size: int, generator: torch.
     return 1 + cfg.scale * u[:, 0], cfg.rotate * u[:, 1], torch.trunc(cfg.shift * size * u[:, 2:])
 
 
-def affine_matrices(scale: torch.Tensor, degrees: torch.Tensor, shift: torch.Tensor, size: int,
-                    side: int) -> torch.Tensor:
+def affine_matrices(
+    scale: torch.Tensor, degrees: torch.Tensor, shift: torch.Tensor, size: int, side: int
+) -> torch.Tensor:
     """(B, 2, 3) matrices from ``side``-pixel cache-crop pixels to ``size``-pixel model-input pixels.
 
     albumentations' convention: zoom and rotation about the crop centre ``(side - 1) / 2`` (pixel centres at
@@ -85,8 +86,14 @@ def warp_batch(images: torch.Tensor, matrices: torch.Tensor, size: int) -> torch
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def augment_geometry(images: torch.Tensor, points: torch.Tensor, cfg: AugmentConfig, size: int,
-                     flip_perm: torch.Tensor | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_geometry(
+    images: torch.Tensor,
+    points: torch.Tensor,
+    cfg: AugmentConfig,
+    size: int,
+    flip_perm: torch.Tensor | None,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random zoom, rotation, shift and flip of float (B, C, S, S) padded cache crops and their (B, P, 2)
     cache-pixel points, on the generator's device; returns (B, C, size, size) crops and model-input points.
 
@@ -102,8 +109,17 @@ def augment_geometry(images: torch.Tensor, points: torch.Tensor, cfg: AugmentCon
     return warped, mirror_points(moved, size, flip_perm, flips)
 
 
-def make_batch_transform(cfg: AugmentConfig, size: int, mean, std, channels_last: bool, flip_perm: np.ndarray | None,
-                         device: torch.device, seed: int, geometry_on_device: bool) -> BatchTransform:
+def make_batch_transform(
+    cfg: AugmentConfig,
+    size: int,
+    mean,
+    std,
+    channels_last: bool,
+    flip_perm: np.ndarray | None,
+    device: torch.device,
+    seed: int,
+    geometry_on_device: bool,
+) -> BatchTransform:
     """The training ``batch_transform(images, points) -> (model input, target points)`` of both paths.
 
     Args:
@@ -145,8 +161,15 @@ def make_batch_transform(cfg: AugmentConfig, size: int, mean, std, channels_last
     return transform
 
 
-def gpu_augment(images: torch.Tensor, points: torch.Tensor, cfg: AugmentConfig, size: int,
-                flip_perm: torch.Tensor | None, generator: torch.Generator, device_generator: torch.Generator):
+def gpu_augment(
+    images: torch.Tensor,
+    points: torch.Tensor,
+    cfg: AugmentConfig,
+    size: int,
+    flip_perm: torch.Tensor | None,
+    generator: torch.Generator,
+    device_generator: torch.Generator,
+):
     """Deprecated, for callers not yet on ``make_batch_transform``: geometry and photometrics of uint8 cache crops,
     returning float [0, 1] images and model-input points. ``generator`` is unused (all draws come from
     ``device_generator``)."""

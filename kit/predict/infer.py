@@ -119,8 +119,14 @@ def _crops(paths: list[Path], size: int, margin: float, pad: int) -> tuple[np.nd
     return np.stack([c for c, _ in pairs]), np.stack([m for _, m in pairs])
 
 
-def _predict_run(member: Member, paths: list[Path], device: torch.device, batch_size: int | None,
-                 progress: Callable[[str], None], crops_by_setting: dict) -> np.ndarray:
+def _predict_run(
+    member: Member,
+    paths: list[Path],
+    device: torch.device,
+    batch_size: int | None,
+    progress: Callable[[str], None],
+    crops_by_setting: dict,
+) -> np.ndarray:
     """The run's fold-averaged predictions (N, P, 2) in original pixels."""
     run = member.run
     pipeline = run.read_pipeline()
@@ -134,8 +140,12 @@ def _predict_run(member: Member, paths: list[Path], device: torch.device, batch_
     flip = run.read_flip_permutation() if pipeline.tta.hflip else None
     if pipeline.tta.hflip and flip is None:
         raise KitError(f"{run.path}: the run uses flip TTA but holds no flip permutation (retrain or re-predict it)")
-    loader = torch.utils.data.DataLoader(_Crops(crops, pad, size), batch_size=batch_size or pipeline.train.batch_size * 2,
-                                         shuffle=False, pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        _Crops(crops, pad, size),
+        batch_size=batch_size or pipeline.train.batch_size * 2,
+        shuffle=False,
+        pin_memory=device.type == "cuda",
+    )
     folds = [score.fold for score in metrics.folds]
     total = np.zeros((len(paths), n_points, 2), np.float64)
     for fold in folds:
@@ -207,5 +217,6 @@ def infer(
         overlay_dir.mkdir(parents=True, exist_ok=True)
         for path, points in zip(paths, blended, strict=True):
             draw_overlay(overlay_dir / f"{path.stem}.png", load_image(path), points)
-    return Inferred(csv=out, file_names=names, points=blended, images_per_second=images_per_second,
-                    overlays=overlay_dir)
+    return Inferred(
+        csv=out, file_names=names, points=blended, images_per_second=images_per_second, overlays=overlay_dir
+    )

@@ -93,8 +93,9 @@ def repredict(
     current = SplitInfo.of(comp)
     changed = split.first_difference(current)
     if changed is not None:
-        raise KitError(f"{source.split_file}: the run was trained on other data or folds than {comp.root} "
-                       f"({changed} differs)")
+        raise KitError(
+            f"{source.split_file}: the run was trained on other data or folds than {comp.root} ({changed} differs)"
+        )
     folds = load_folds(comp.folds_csv, comp.train.file_names)
     k = int(folds.max()) + 1
     summaries = _source_folds(source, source_pipeline, split, k)
@@ -125,20 +126,34 @@ def repredict(
             rows = np.flatnonzero(folds == fold)
             amp, channels_last = pipeline.train.amp, pipeline.train.channels_last
             oof = predict_original(model, train_cache, rows, device, batch, amp, channels_last, flip)
-            test = predict_original(model, test_cache, np.arange(len(comp.test)), device, batch, amp, channels_last,
-                                    flip)
-            summary = trained.model_copy(update={
-                "mse": mse(oof, points[rows]), "identity": identity, "source": str(source.path.resolve()),
-                "source_mse": trained.mse,
-            })
+            test = predict_original(
+                model, test_cache, np.arange(len(comp.test)), device, batch, amp, channels_last, flip
+            )
+            summary = trained.model_copy(
+                update={
+                    "mse": mse(oof, points[rows]),
+                    "identity": identity,
+                    "source": str(source.path.resolve()),
+                    "source_mse": trained.mse,
+                }
+            )
             staging.write_fold(fold, summary, oof, test)
             seconds = time.perf_counter() - started
-            reporter.message(f"fold {fold}: MSE {summary.mse:.4f} (source {trained.mse:.4f}), "
-                             f"{(len(rows) + len(comp.test)) / max(seconds, 1e-9):,.0f} images/s")
+            reporter.message(
+                f"fold {fold}: MSE {summary.mse:.4f} (source {trained.mse:.4f}), "
+                f"{(len(rows) + len(comp.test)) / max(seconds, 1e-9):,.0f} images/s"
+            )
             del model
         from kit.report import report_writer
 
-        metrics = staging.assemble(pipeline, split, points, folds, lineage=(str(source.path.resolve()),),
-                                   source_oof_mse=source_mse, report=report_writer(train_cache, points, pipeline),
-                                   warn=reporter.message)
+        metrics = staging.assemble(
+            pipeline,
+            split,
+            points,
+            folds,
+            lineage=(str(source.path.resolve()),),
+            source_oof_mse=source_mse,
+            report=report_writer(train_cache, points, pipeline),
+            warn=reporter.message,
+        )
     return Repredicted(run_dir=target.path, metrics=metrics, source_oof_mse=source_mse)

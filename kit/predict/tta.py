@@ -14,8 +14,14 @@ from kit.predict.inputs import autocast, prepare_input
 
 def inference_loader(dataset, batch_size: int, device: torch.device, num_workers: int = 0) -> DataLoader:
     """In-order batches of an un-augmented dataset (pinned on CUDA)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
 
 
 @torch.no_grad()
@@ -42,9 +48,17 @@ def predict_points(
     return torch.cat(out).numpy() if out else np.zeros((0, model.n_points, 2), np.float32)
 
 
-def predict_original(model, cache: CropCache, rows: np.ndarray, device: torch.device, batch_size: int,
-                     amp: bool = True, channels_last: bool = True, flip_perm: np.ndarray | None = None,
-                     num_workers: int = 0) -> np.ndarray:
+def predict_original(
+    model,
+    cache: CropCache,
+    rows: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    amp: bool = True,
+    channels_last: bool = True,
+    flip_perm: np.ndarray | None = None,
+    num_workers: int = 0,
+) -> np.ndarray:
     """Original-pixel predictions (len(rows), P, 2) for ``rows`` of ``cache``."""
     loader = inference_loader(CropDataset(cache, rows), batch_size, device, num_workers)
     points = predict_points(model, loader, device, amp, channels_last, flip_perm)

@@ -104,8 +104,10 @@ def validate_submission(path: str | Path, test: TestPoints) -> np.ndarray:
     got = _read_header(path)
     if got != expected:
         if len(got) != len(expected):
-            raise DataError(f"{path}: header has {len(got)} columns, expected {len(expected)} (file_name + 2 x "
-                            f"{test.indices.shape[1]} requested points)")
+            raise DataError(
+                f"{path}: header has {len(got)} columns, expected {len(expected)} (file_name + 2 x "
+                f"{test.indices.shape[1]} requested points)"
+            )
         col = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
         raise DataError(f"{path}: header column {col + 1} is '{got[col]}', expected '{expected[col]}'")
     _check_field_counts(path)

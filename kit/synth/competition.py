@@ -86,12 +86,16 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
     if not any(out_dir.iterdir()):
         return
     if not force:
-        raise ValueError(f"{out_dir} already exists and is not an empty folder; choose a new folder, empty it, "
-                         "or pass --force to replace an old synthetic competition")
+        raise ValueError(
+            f"{out_dir} already exists and is not an empty folder; choose a new folder, empty it, "
+            "or pass --force to replace an old synthetic competition"
+        )
     missing = [rel for rel in _SYNTH_FILES if not (out_dir / rel).is_file()]
     if missing:
-        raise ValueError(f"{out_dir} is not a synthetic competition (no {missing[0]}); --force only replaces one: "
-                         "choose a new folder")
+        raise ValueError(
+            f"{out_dir} is not a synthetic competition (no {missing[0]}); --force only replaces one: "
+            "choose a new folder"
+        )
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:

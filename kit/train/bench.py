@@ -11,14 +11,14 @@ import torch
 
 from kit.config import Pipeline
 from kit.data.competition import Competition
+from kit.data.derived import flip_permutation
+from kit.data.gpu_augment import make_batch_transform
 from kit.data.prepare import prepare_crops
 from kit.models import create_model
-from kit.train.distributed import DistInfo
 from kit.predict.inputs import autocast, prepare_input
+from kit.train.distributed import DistInfo
 from kit.train.engine import make_optimizer, train_one_epoch
-from kit.data.gpu_augment import make_batch_transform
 from kit.train.fold import FoldData, _loader
-from kit.data.derived import flip_permutation
 
 
 def _sync(device: torch.device) -> None:
@@ -53,20 +53,37 @@ def bench(pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: i
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     comp = Competition.load(data_dir)
     size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
-    data = FoldData(prepare_crops(comp.root, "train", size, margin, pad), prepare_crops(comp.root, "test", size,
-                    margin, pad), np.asarray(comp.train.points, np.float32), np.zeros(len(comp.train), np.int64),
-                    flip_permutation(comp, pipeline))
+    data = FoldData(
+        prepare_crops(comp.root, "train", size, margin, pad),
+        prepare_crops(comp.root, "test", size, margin, pad),
+        np.asarray(comp.train.points, np.float32),
+        np.zeros(len(comp.train), np.int64),
+        flip_permutation(comp, pipeline),
+    )
     batch_size = pipeline.train.batch_size
-    results: dict = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
-                     "batch_size": batch_size, "input_size": size, "n_points": comp.n_points}
+    results: dict = {
+        "device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
+        "batch_size": batch_size,
+        "input_size": size,
+        "n_points": comp.n_points,
+    }
 
     # 1. Input pipeline alone: what the DataLoader plus the device augmentation delivers.
     loader = _train_loader(pipeline, data, device)
     model = create_model(pipeline, comp.n_points).to(device)
     if pipeline.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    transform = make_batch_transform(pipeline.augment, size, model.mean, model.std, pipeline.train.channels_last,
-                                     data.flip_perm, device, 0, geometry_on_device=pipeline.augment.gpu)
+    transform = make_batch_transform(
+        pipeline.augment,
+        size,
+        model.mean,
+        model.std,
+        pipeline.train.channels_last,
+        data.flip_perm,
+        device,
+        0,
+        geometry_on_device=pipeline.augment.gpu,
+    )
     images, start, seen = 0, None, 0
     for x, points, _ in _cycle(loader, warmup + batches):
         transform(x.to(device, non_blocking=True), points.to(device))
@@ -110,8 +127,9 @@ def bench(pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: i
     warm = capped.model_copy(update={"train": capped.train.model_copy(update={"max_train_batches": warmup})})
     train_one_epoch(model, _cycle(loader, warmup), optimizer, warm, device, 0, batches, batch_transform=transform)
     _sync(device)
-    stats = train_one_epoch(model, _cycle(loader, batches), optimizer, capped, device, 0, batches,
-                            batch_transform=transform)
+    stats = train_one_epoch(
+        model, _cycle(loader, batches), optimizer, capped, device, 0, batches, batch_transform=transform
+    )
     results["model_images"] = batches * batch_size
     results["full_loop_images"] = stats["train_images"]
     results["full_loop_images_per_second"] = stats["train_images"] / stats["train_seconds"]

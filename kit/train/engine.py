@@ -6,14 +6,13 @@ import math
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from kit.config import OptimConfig, Pipeline
-from kit.predict.inputs import autocast, prepare_input
 from kit.models.base import LandmarkModel
+from kit.predict.inputs import autocast, prepare_input
 from kit.progress import Reporter
 
 

@@ -11,19 +11,19 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from kit.checkpoint import load_checkpoint, save_checkpoint
 from kit.config import Pipeline
 from kit.data.dataset import CropDataset, RawCropBatches, keep_batch, seed_worker
 from kit.data.gpu_augment import make_batch_transform
-from kit.predict.tta import predict_original as _predict_original
 from kit.data.prepare import CropCache
 from kit.metrics import mse
 from kit.models import create_model
 from kit.models.base import LandmarkModel
-from kit.checkpoint import load_checkpoint, save_checkpoint
-from kit.train.distributed import DistInfo, barrier, check_in_sync
-from kit.train.engine import make_optimizer, train_one_epoch
+from kit.predict.tta import predict_original as _predict_original
 from kit.progress import Reporter, SilentReporter
 from kit.runs import EpochStats, FoldSummary, Identity, RunDir
+from kit.train.distributed import DistInfo, barrier, check_in_sync
+from kit.train.engine import make_optimizer, train_one_epoch
 
 
 @dataclass
@@ -37,8 +37,16 @@ class FoldData:
     flip_perm: np.ndarray | None
 
 
-def _loader(dataset, batch_size: int, pipeline: Pipeline, device: torch.device, shuffle: bool, dist: DistInfo,
-            seed: int, collate_fn=None) -> DataLoader:
+def _loader(
+    dataset,
+    batch_size: int,
+    pipeline: Pipeline,
+    device: torch.device,
+    shuffle: bool,
+    dist: DistInfo,
+    seed: int,
+    collate_fn=None,
+) -> DataLoader:
     workers = pipeline.train.num_workers
     sampler = None
     if shuffle and dist.enabled:
@@ -59,11 +67,26 @@ def _loader(dataset, batch_size: int, pipeline: Pipeline, device: torch.device, 
     )
 
 
-def predict_original(model: LandmarkModel, cache: CropCache, rows: np.ndarray, pipeline: Pipeline,
-                     device: torch.device, flip_perm: np.ndarray | None) -> np.ndarray:
+def predict_original(
+    model: LandmarkModel,
+    cache: CropCache,
+    rows: np.ndarray,
+    pipeline: Pipeline,
+    device: torch.device,
+    flip_perm: np.ndarray | None,
+) -> np.ndarray:
     """Original-pixel predictions (len(rows), P, 2) for ``rows`` of ``cache``, with the pipeline's batch settings."""
-    return _predict_original(model, cache, rows, device, pipeline.train.batch_size * 2, pipeline.train.amp,
-                             pipeline.train.channels_last, flip_perm, pipeline.train.num_workers)
+    return _predict_original(
+        model,
+        cache,
+        rows,
+        device,
+        pipeline.train.batch_size * 2,
+        pipeline.train.amp,
+        pipeline.train.channels_last,
+        flip_perm,
+        pipeline.train.num_workers,
+    )
 
 
 def train_fold(
@@ -124,23 +147,43 @@ def train_fold(
     train_model = DistributedDataParallel(model) if dist.enabled else model
     # Photometric augmentation (and, with augment.gpu, the geometry too) runs on the device for both paths; each
     # rank of a DDP run draws its own stream.
-    batch_transform = make_batch_transform(pipeline.augment, pipeline.input.size, model.mean, model.std,
-                                           cfg.channels_last, data.flip_perm, device, seed + 1000 * dist.rank,
-                                           geometry_on_device=pipeline.augment.gpu)
+    batch_transform = make_batch_transform(
+        pipeline.augment,
+        pipeline.input.size,
+        model.mean,
+        model.std,
+        cfg.channels_last,
+        data.flip_perm,
+        device,
+        seed + 1000 * dist.rank,
+        geometry_on_device=pipeline.augment.gpu,
+    )
     truth = data.points[valid_rows]
     for epoch in range(start_epoch, cfg.epochs):
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
         reporter.start_epoch(fold, epoch, cfg.epochs, steps_per_epoch)
-        stats = train_one_epoch(train_model, train_loader, optimizer, pipeline, device, epoch, steps_per_epoch,
-                                ema, reporter, batch_transform)
+        stats = train_one_epoch(
+            train_model,
+            train_loader,
+            optimizer,
+            pipeline,
+            device,
+            epoch,
+            steps_per_epoch,
+            ema,
+            reporter,
+            batch_transform,
+        )
         if dist.is_main:
             valid_start = time.perf_counter()
             eval_model = ema.module if ema is not None else model
             predicted = predict_original(eval_model, data.train_cache, valid_rows, pipeline, device, None)
             epoch_stats = EpochStats(
-                epoch=epoch, epochs=cfg.epochs, valid_mse=mse(predicted, truth),
+                epoch=epoch,
+                epochs=cfg.epochs,
+                valid_mse=mse(predicted, truth),
                 valid_seconds=time.perf_counter() - valid_start,
                 images_per_second=stats["train_images"] * dist.world_size / max(stats["train_seconds"], 1e-9),
                 **stats,
@@ -148,16 +191,31 @@ def train_fold(
             is_best = epoch_stats.valid_mse < best["valid_mse"]
             if is_best:
                 best = {"valid_mse": epoch_stats.valid_mse, "epoch": epoch}
-                save_checkpoint(best_path, {"model": eval_model.state_dict(), "epoch": epoch,
-                                            "valid_mse": epoch_stats.valid_mse, "identity": identity.model_dump()})
+                save_checkpoint(
+                    best_path,
+                    {
+                        "model": eval_model.state_dict(),
+                        "epoch": epoch,
+                        "valid_mse": epoch_stats.valid_mse,
+                        "identity": identity.model_dump(),
+                    },
+                )
             elapsed += time.perf_counter() - epoch_start
             history.append(epoch_stats)
-            save_checkpoint(last_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None, "epoch": epoch,
-                "history": [h.model_dump() for h in history], "best": best, "elapsed": elapsed,
-                "rng": torch.get_rng_state(), "identity": identity.model_dump(),
-            })
+            save_checkpoint(
+                last_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "epoch": epoch,
+                    "history": [h.model_dump() for h in history],
+                    "best": best,
+                    "elapsed": elapsed,
+                    "rng": torch.get_rng_state(),
+                    "identity": identity.model_dump(),
+                },
+            )
             reporter.end_epoch(fold, epoch, epoch_stats.model_dump() | {"is_best": is_best})
         barrier(dist)
 
@@ -167,14 +225,23 @@ def train_fold(
         model.load_state_dict(load_checkpoint(best_path)["model"])
         tta = data.flip_perm if pipeline.tta.hflip else None
         oof = predict_original(model, data.train_cache, valid_rows, pipeline, device, tta)
-        test = predict_original(model, data.test_cache, np.arange(len(data.test_cache.transforms())), pipeline,
-                                 device, tta)
+        test = predict_original(
+            model, data.test_cache, np.arange(len(data.test_cache.transforms())), pipeline, device, tta
+        )
         images = sum(h.train_images for h in history) * dist.world_size
         seconds = sum(h.train_seconds for h in history)
         summary = FoldSummary(
-            fold=fold, mse=mse(oof, truth), best_epoch=best["epoch"], best_valid_mse_no_tta=best["valid_mse"],
-            epochs=cfg.epochs, wall_seconds=elapsed, images_per_second=images / max(seconds, 1e-9),
-            n_train=len(train_rows), n_valid=len(valid_rows), history=tuple(history), identity=identity,
+            fold=fold,
+            mse=mse(oof, truth),
+            best_epoch=best["epoch"],
+            best_valid_mse_no_tta=best["valid_mse"],
+            epochs=cfg.epochs,
+            wall_seconds=elapsed,
+            images_per_second=images / max(seconds, 1e-9),
+            n_train=len(train_rows),
+            n_valid=len(valid_rows),
+            history=tuple(history),
+            identity=identity,
             world_size=dist.world_size,
         )
         run.write_fold(fold, summary, oof, test)  # the summary last: its presence marks the fold finished

@@ -24,6 +24,7 @@ from kit.runs import Identity, RunDir, RunMetrics, SplitInfo
 from kit.train.distributed import barrier, init_distributed, select_device
 from kit.train.fold import FoldData, train_fold
 
+
 def parse_fold_selection(text: str, k: int) -> list[int]:
     """``all`` or a comma list such as ``0,2``."""
     if text.strip() == "all":
@@ -117,8 +118,10 @@ def fold_train(
             finished = run.finished_folds(plan.k)
         identity = Identity.of(pipeline, split)
         data = FoldData(train_cache, test_cache, np.asarray(comp.train.points, dtype=np.float32), fold_of, perm)
-        reporter.message(f"{pipeline.name}: {pipeline.model.family} {pipeline.model.backbone}, {len(fold_of)} train "
-                         f"/ {len(comp.test)} test images, {comp.n_points} points, {plan.k} folds, device {device}")
+        reporter.message(
+            f"{pipeline.name}: {pipeline.model.family} {pipeline.model.backbone}, {len(fold_of)} train "
+            f"/ {len(comp.test)} test images, {comp.n_points} points, {plan.k} folds, device {device}"
+        )
         for fold in plan.folds:
             if fold in finished:
                 reporter.message(f"fold {fold}: done, skipped")
@@ -130,8 +133,15 @@ def fold_train(
     return assemble(run, pipeline, split, data, reporter)
 
 
-def assemble(run: RunDir, pipeline: Pipeline, split: SplitInfo, data: FoldData, reporter: Reporter,
-             lineage: tuple[str, ...] = (), source_oof_mse: float | None = None) -> RunMetrics | None:
+def assemble(
+    run: RunDir,
+    pipeline: Pipeline,
+    split: SplitInfo,
+    data: FoldData,
+    reporter: Reporter,
+    lineage: tuple[str, ...] = (),
+    source_oof_mse: float | None = None,
+) -> RunMetrics | None:
     """The run's metrics once every fold is finished (with ``report.png``); None before."""
     from kit.report import report_writer
 
@@ -142,6 +152,9 @@ def assemble(run: RunDir, pipeline: Pipeline, split: SplitInfo, data: FoldData, 
         missing = [f for f in range(int(data.folds.max()) + 1) if f not in done]
         reporter.message(f"folds {missing} not trained yet: oof.npy and test.npy are written when all are done")
         return None
-    reporter.message(f"{pipeline.name}: OOF MSE {metrics.oof_mse:.4f} (folds: "
-                     + ", ".join(f"{s.mse:.3f}" for s in metrics.folds) + f"), written to {run.path}")
+    reporter.message(
+        f"{pipeline.name}: OOF MSE {metrics.oof_mse:.4f} (folds: "
+        + ", ".join(f"{s.mse:.3f}" for s in metrics.folds)
+        + f"), written to {run.path}"
+    )
     return metrics

@@ -45,8 +45,10 @@ def test_unet_forward_shapes_at_each_stride(stride):
 
 @pytest.mark.parametrize("arch, stride, scale", [("FPN", 2, 2.0), ("UnetPlusPlus", 4, 0.25)])
 def test_decoders_ending_at_another_stride_are_resampled(arch, stride, scale):
-    extra = {"arch_kwargs": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32},
-             "decoder_channels": None}
+    extra = {
+        "arch_kwargs": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32},
+        "decoder_channels": None,
+    }
     settings = extra if arch == "FPN" else {"decoder_channels": [8, 8, 8, 8, 8]}
     model = create_model(_pipeline(arch=arch, stride=stride, **settings), N_POINTS)
     assert model.head.scale == scale
@@ -95,11 +97,14 @@ def test_heatmap_losses_on_perfect_and_separable_targets():
     assert torch.equal(awing_weight_map(gy, gx, 10.0, 0.2), 1 + 10.0 * (dilated >= 0.2).float())
 
 
-@pytest.mark.parametrize("settings", [
-    {"heatmap_loss": "none", "coord_weight": 1.0},
-    {"heatmap_loss": "l2", "coord_weight": 0.0},
-    {"heatmap_loss": "adaptive_wing", "coord_weight": 0.5, "sigma": 2.0, "sigma_end": 1.0},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"heatmap_loss": "none", "coord_weight": 1.0},
+        {"heatmap_loss": "l2", "coord_weight": 0.0},
+        {"heatmap_loss": "adaptive_wing", "coord_weight": 0.5, "sigma": 2.0, "sigma_end": 1.0},
+    ],
+)
 def test_loss_is_finite_and_decreases_on_a_fixed_batch(settings):
     torch.manual_seed(0)
     model = create_model(_pipeline(stride=4, **settings), N_POINTS)
@@ -135,8 +140,12 @@ def test_pretrained_file_with_flattened_timm_feature_names(tmp_path):
     source = timm.create_model("test_convnext", pretrained=False)
     path = tmp_path / "test_convnext.pth"
     torch.save(source.state_dict(), path)
-    pipeline = _pipeline(backbone="tu-test_convnext", arch="FPN", decoder_channels=None,
-                         arch_kwargs={"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32}).model_dump()
+    pipeline = _pipeline(
+        backbone="tu-test_convnext",
+        arch="FPN",
+        decoder_channels=None,
+        arch_kwargs={"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32},
+    ).model_dump()
     pipeline["model"]["pretrained"] = {"source": "file", "path": str(path)}
     model = create_model(pipeline_from_dict(pipeline), N_POINTS)
     encoder_state = model.backbone.model.state_dict()
@@ -177,8 +186,10 @@ def test_flip_tta_of_an_equivariant_model_equals_plain_prediction(family):
         def mirror(out):  # normalised coordinates: x -> -x
             return out * torch.tensor([-1.0, 1.0])
     else:
+
         def mirror(out):
             return torch.flip(out, dims=[3])
+
     perm = _flip_perm(N_POINTS)
     model = _FlipSymmetric(inner, torch.as_tensor(perm), mirror).eval()
     images = torch.randint(0, 256, (3, SIZE, SIZE, 3), dtype=torch.uint8)

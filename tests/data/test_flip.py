@@ -79,8 +79,9 @@ def test_the_kits_permutation_and_flips_applied_twice_are_the_identity(tmp_path)
     image = rng.integers(0, 256, (90, 100, 3), dtype=np.uint8)
     _flip_twice_is_identity(perm, points, image)
     # The torch helper and the numpy one agree.
-    np.testing.assert_allclose(mirror_points(torch.from_numpy(points), 100, torch.from_numpy(perm)).numpy(),
-                               flip_points(points, 100, perm))
+    np.testing.assert_allclose(
+        mirror_points(torch.from_numpy(points), 100, torch.from_numpy(perm)).numpy(), flip_points(points, 100, perm)
+    )
     # A permutation that is not an involution is caught, by the file check and by the helpers.
     bad = perm.copy()
     bad[[0, 1, 2]] = perm[[1, 2, 0]]

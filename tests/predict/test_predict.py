@@ -20,11 +20,21 @@ from kit.predict.repredict import repredict
 from kit.runs import RunDir, load_run
 from kit.train import fold_train
 
+pytestmark = pytest.mark.slow  # trains models
+
 TINY_HEATMAP = {
     "name": "hm",
-    "model": {"family": "heatmap", "backbone": "tu-test_resnet",
-              "heatmap": {"stride": 4, "decoder_channels": [8, 8, 8], "heatmap_loss": "l2", "coord_weight": 0.01,
-                          "decoder": "local_soft_argmax"}},
+    "model": {
+        "family": "heatmap",
+        "backbone": "tu-test_resnet",
+        "heatmap": {
+            "stride": 4,
+            "decoder_channels": [8, 8, 8],
+            "heatmap_loss": "l2",
+            "coord_weight": 0.01,
+            "decoder": "local_soft_argmax",
+        },
+    },
     "input": {"size": 32, "pad": 4},
     "augment": {"blur": 0, "noise": 0},
     "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "report_images": 2},
@@ -64,8 +74,9 @@ def test_same_settings_reproduce_the_source_predictions(finished_run):
 def test_cli_writes_a_new_blendable_run_with_tta_and_decoder(finished_run):
     run_dir, data = finished_run
     before = _digest(run_dir)
-    result = CliRunner().invoke(app, ["predict", str(run_dir), "--data", str(data), "--tta", "hflip",
-                                      "--decoder", "dark"])
+    result = CliRunner().invoke(
+        app, ["predict", str(run_dir), "--data", str(data), "--tta", "hflip", "--decoder", "dark"]
+    )
     assert result.exit_code == 0, result.output
     assert "OOF MSE" in result.output
     new = run_dir.parent / "hm-hflip-dark"

@@ -16,6 +16,8 @@ from kit.predict.infer import infer
 from kit.runs import load_run
 from kit.train import fold_train
 
+pytestmark = pytest.mark.slow  # trains models
+
 TINY = {
     "model": {"backbone": "test_resnet", "pretrained": {"source": "none"}},
     "input": {"size": 32, "pad": 4, "margin": 0.1},
@@ -30,8 +32,11 @@ def runs(tmp_path_factory):
     comp = build_competition(base / "comp", n_train=8, n_test=5, n_points=20, size=(44, 52))
     write_folds(Competition.load(comp.root).folds_csv, make_folds(comp.train_names, k=2, seed=0))
     fold_train(pipeline_from_dict(TINY | {"name": "flip", "tta": {"hflip": True}}), comp.root, out_dir=base / "runs")
-    fold_train(pipeline_from_dict(TINY | {"name": "plain", "train": TINY["train"] | {"seed": 1}}), comp.root,
-               out_dir=base / "runs")
+    fold_train(
+        pipeline_from_dict(TINY | {"name": "plain", "train": TINY["train"] | {"seed": 1}}),
+        comp.root,
+        out_dir=base / "runs",
+    )
     return base, comp.root
 
 
@@ -50,8 +55,19 @@ def _by_name(run_test: np.ndarray, data):
 def test_infer_on_the_test_images_reproduces_test_npy(runs, tmp_path, name):
     base, data = runs
     out = tmp_path / "pred.csv"
-    result = CliRunner().invoke(app, ["infer", str(base / "runs" / name), "--images", str(data / "test" / "images"),
-                                      "--out", str(out), "--overlays", str(tmp_path / "png")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "infer",
+            str(base / "runs" / name),
+            "--images",
+            str(data / "test" / "images"),
+            "--out",
+            str(out),
+            "--overlays",
+            str(tmp_path / "png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     names, points = _table(out)
     expected_names, expected = _by_name(np.asarray(load_run(base / "runs" / name).test), data)
@@ -62,8 +78,9 @@ def test_infer_on_the_test_images_reproduces_test_npy(runs, tmp_path, name):
 
 def test_infer_from_a_blend_applies_its_weights(runs, tmp_path):
     base, data = runs
-    blend = blend_runs([base / "runs" / "flip", base / "runs" / "plain"], data, method="weights", name="b",
-                       out_dir=tmp_path / "subs")
+    blend = blend_runs(
+        [base / "runs" / "flip", base / "runs" / "plain"], data, method="weights", name="b", out_dir=tmp_path / "subs"
+    )
     weights = [run.weight for run in blend.runs]
     tests = [np.asarray(load_run(base / "runs" / r).test, np.float64) for r in ("flip", "plain")]
     _, expected = _by_name(weights[0] * tests[0] + weights[1] * tests[1], data)

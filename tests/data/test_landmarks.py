@@ -69,8 +69,11 @@ def test_non_numbers_are_rejected(tmp_path, value):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("", "file is empty"), ("file_name\tPoint_M0_X\tPoint_M0_Y\n", "no data rows"),
-     ("file_name\tPoint_M0_X\n", "line 1: header has 2 columns, expected 1 \\+ 2 x points")],
+    [
+        ("", "file is empty"),
+        ("file_name\tPoint_M0_X\tPoint_M0_Y\n", "no data rows"),
+        ("file_name\tPoint_M0_X\n", "line 1: header has 2 columns, expected 1 \\+ 2 x points"),
+    ],
 )
 def test_empty_or_header_only(tmp_path, text, message):
     (tmp_path / "l.csv").write_text(text)

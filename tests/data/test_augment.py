@@ -49,8 +49,17 @@ def _both_paths(cache: CropCache, points: np.ndarray, cfg: AugmentConfig, perm, 
     raw = RawCropBatches(cache, rows, points).__getitems__(list(rows))
     out = []
     for (images, pts), on_device in [(cpu[:2], False), (raw[:2], True)]:
-        transform = make_batch_transform(cfg, cache.size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), False, perm,
-                                         torch.device("cpu"), seed + 1, geometry_on_device=on_device)
+        transform = make_batch_transform(
+            cfg,
+            cache.size,
+            (0.0, 0.0, 0.0),
+            (1.0, 1.0, 1.0),
+            False,
+            perm,
+            torch.device("cpu"),
+            seed + 1,
+            geometry_on_device=on_device,
+        )
         x, moved = transform(images, pts)
         out.append((x.numpy(), moved.numpy()))
     return out
@@ -140,8 +149,10 @@ def test_both_paths_sample_the_same_geometry(tmp_path):
     layout = np.array([[-9.0, -6.0], [10.0, -4.0], [2.0, 8.0], [-3.0, 3.0]]) + PAD + (SIZE - 1) / 2  # asymmetric
     perm = np.array([1, 0, 2, 3])
     cache = _cache(tmp_path, np.zeros((n, SIDE, SIDE, 3), np.uint8))
-    paths = [_implied_geometry(layout - PAD, moved, perm) for _, moved in
-             _both_paths(cache, np.tile(layout, (n, 1, 1)).astype(np.float32), cfg, perm)]
+    paths = [
+        _implied_geometry(layout - PAD, moved, perm)
+        for _, moved in _both_paths(cache, np.tile(layout, (n, 1, 1)).astype(np.float32), cfg, perm)
+    ]
     shift_px = cfg.shift * SIZE  # albumentations truncates U(-+ shift_px) to whole pixels
     values = np.arange(-3, 4)
     expected_shift = np.clip(np.minimum(np.abs(values) + 1, shift_px) - np.abs(values), 0, 1) / (2 * shift_px)
@@ -168,7 +179,8 @@ def _texture(n: int, side: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:side, 0:side] / side
     base = rng.uniform(0.35, 0.55, (n, 1, 1, 3)) + 0.1 * np.sin(6 * xx + 4 * yy)[None, ..., None] * rng.uniform(
-        -1, 1, (n, 1, 1, 3))
+        -1, 1, (n, 1, 1, 3)
+    )
     return np.clip(255 * (base + rng.uniform(-0.05, 0.05, (n, side, side, 3))), 0, 255).astype(np.uint8)
 
 
@@ -196,8 +208,9 @@ def test_each_photometric_op_changes_images_at_its_rate(op, p):
 def test_photometric_output_stays_in_unit_range():
     x = _unit(_texture(64, 24)) * 1.6 - 0.3  # values beyond the range on the way in are fine too
     x = x.clamp(0, 1)
-    out = _run(x, color=1, blur=1, noise=1, cutout=1, brightness=1, contrast=1, saturation=1, hue=0.5,
-               noise_std=(0.5, 1.0))
+    out = _run(
+        x, color=1, blur=1, noise=1, cutout=1, brightness=1, contrast=1, saturation=1, hue=0.5, noise_std=(0.5, 1.0)
+    )
     assert torch.isfinite(out).all() and float(out.min()) >= 0 and float(out.max()) <= 1
 
 
@@ -219,8 +232,7 @@ def _implied_factor(name: str, x: torch.Tensor, out: torch.Tensor) -> np.ndarray
     return value.double().numpy()
 
 
-@pytest.mark.parametrize("name, amount", [("brightness", 0.25), ("contrast", 0.4), ("saturation", 0.35),
-                                          ("hue", 0.08)])
+@pytest.mark.parametrize("name, amount", [("brightness", 0.25), ("contrast", 0.4), ("saturation", 0.35), ("hue", 0.08)])
 def test_colour_jitter_factors_match_the_configured_ranges(name, amount):
     x = _unit(_texture(600, 16))
     ranges = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, name: amount}
@@ -311,8 +323,9 @@ def test_batch_transform_is_reproducible_and_normalises():
     assert torch.equal(x, x2) and torch.equal(p, p2) and not torch.equal(x, x3)
     assert x.shape == (8, 3, SIZE, SIZE) and x.is_contiguous(memory_format=torch.channels_last)
     unit, _ = run(0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    torch.testing.assert_close(x, (unit - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1))
-                               / torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1))
+    torch.testing.assert_close(
+        x, (unit - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    )
 
 
 def test_batch_transform_checks_its_inputs():

@@ -18,13 +18,23 @@ from kit.data.competition import Competition
 from kit.data.folds import make_folds, write_folds
 from kit.errors import KitError
 from kit.metrics import mse
-from kit.synth import generate_competition
 from kit.runs import Identity, RunDir, SplitInfo, load_run
+from kit.synth import generate_competition
 from kit.train import fold_train
 
+pytestmark = pytest.mark.slow  # trains models
+
 TINY = [
-    "model.backbone=test_resnet", "input.size=32", "input.pad=4", "train.batch_size=8", "train.epochs=2",
-    "train.num_workers=0", "train.report_images=2", "optim.lr=3e-3", "augment.blur=0", "augment.noise=0",
+    "model.backbone=test_resnet",
+    "input.size=32",
+    "input.pad=4",
+    "train.batch_size=8",
+    "train.epochs=2",
+    "train.num_workers=0",
+    "train.report_images=2",
+    "optim.lr=3e-3",
+    "augment.blur=0",
+    "augment.noise=0",
 ]
 
 
@@ -77,23 +87,59 @@ def test_rerun_skips_finished_folds_and_refuses_a_changed_pipeline(tiny_data, tm
     done = tmp_path / "runs" / "again" / "fold0" / "done.json"
     stamp = done.stat().st_mtime_ns
     assert not (tmp_path / "runs" / "again" / "oof.npy").exists()  # folds 1, 2 still missing
-    result = CliRunner().invoke(app, ["fold-train", str(path), "--data", str(tiny_data), "--out",
-                                      str(tmp_path / "runs"), "--folds", "0", *sum((["--set", s] for s in TINY), [])])
+    result = CliRunner().invoke(
+        app,
+        [
+            "fold-train",
+            str(path),
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "runs"),
+            "--folds",
+            "0",
+            *sum((["--set", s] for s in TINY), []),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "fold 0: done, skipped" in result.output
     assert done.stat().st_mtime_ns == stamp
-    result = CliRunner().invoke(app, ["fold-train", str(path), "--data", str(tiny_data), "--out",
-                                      str(tmp_path / "runs"), "--folds", "0", *sum((["--set", s] for s in TINY), []),
-                                      "--set", "optim.lr=0.1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "fold-train",
+            str(path),
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "runs"),
+            "--folds",
+            "0",
+            *sum((["--set", s] for s in TINY), []),
+            "--set",
+            "optim.lr=0.1",
+        ],
+    )
     assert result.exit_code == 1
     assert "fold0: finished with another pipeline" in result.output
 
 
-@pytest.mark.slow
 def test_kill_9_mid_fold_then_resume(tiny_data, tmp_path):
     path, _ = _pipeline(tmp_path, "killed")
-    args = [sys.executable, "-m", "kit", "fold-train", str(path), "--data", str(tiny_data), "--out",
-            str(tmp_path / "runs"), *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=30"]
+    args = [
+        sys.executable,
+        "-m",
+        "kit",
+        "fold-train",
+        str(path),
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(tmp_path / "runs"),
+        *sum((["--set", s] for s in TINY), []),
+        "--set",
+        "train.epochs=30",
+    ]
     run = tmp_path / "runs" / "killed"
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -119,14 +165,31 @@ def test_kill_9_mid_fold_then_resume(tiny_data, tmp_path):
     assert not list(run.rglob("*.tmp"))  # no half-written artifact left behind
 
 
-@pytest.mark.slow
 def test_two_process_ddp_on_cpu(tiny_data, tmp_path):
     path, _ = _pipeline(tmp_path, "ddp")
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "kit", "fold-train", str(path), "--data",
-         str(tiny_data), "--out", str(tmp_path / "runs"), "--folds", "0", *sum((["--set", s] for s in TINY), [])],
-        capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"},
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "kit",
+            "fold-train",
+            str(path),
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "runs"),
+            "--folds",
+            "0",
+            *sum((["--set", s] for s in TINY), []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = RunDir(tmp_path / "runs" / "ddp").read_fold(0)
@@ -150,7 +213,8 @@ def test_bench_measures_three_stages(tiny_data, tmp_path, gpu_augment):
     for stage in ("input", "model", "full_loop"):
         assert 0 < result[f"{stage}_images_per_second"] < float("inf")
     assert result["full_vs_model"] == pytest.approx(
-        result["full_loop_images_per_second"] / result["model_images_per_second"])
+        result["full_loop_images_per_second"] / result["model_images_per_second"]
+    )
     assert result["peak_rss_gib"] > 0.05  # a process with torch loaded holds far more than 50 MB
 
 

@@ -81,8 +81,15 @@ def write_run(path: Path, oof: np.ndarray, test: np.ndarray, split: dict, truth:
     np.save(path / "test.npy", test.astype(np.float32))
     oof_mse = float(np.mean((oof - truth) ** 2)) if truth is not None else 0.0
     metrics = {
-        "name": path.name, "family": "regression", "backbone": "test", "oof_mse": oof_mse, "folds": [],
-        "wall_seconds": 0.0, "images_per_second": 0.0, "tta": {}, "split": split,
+        "name": path.name,
+        "family": "regression",
+        "backbone": "test",
+        "oof_mse": oof_mse,
+        "folds": [],
+        "wall_seconds": 0.0,
+        "images_per_second": 0.0,
+        "tta": {},
+        "split": split,
     }
     (path / "metrics.json").write_text(json.dumps(metrics))
     return path
