@@ -2,17 +2,64 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import torch
 
 from kit.errors import KitError
-from kit.io import atomic_path
+from kit.io import WriteError, atomic_path, free_bytes
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write ``state`` atomically.
+
+    Raises:
+        WriteError: a full disk or an unwritable folder, in one line naming ``path`` (torch's own error for a
+            failed write is a multi-line ``RuntimeError``).
+    """
+    needed = _state_bytes(state)
+    with atomic_path(path, needed=needed) as tmp:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:
+            if not _is_write_failure(exc):
+                raise
+            cause = _write_errno(tmp, needed)
+            if cause is None:
+                raise WriteError(f"{path}: cannot write the checkpoint ({str(exc).strip().splitlines()[0]})") from None
+            raise OSError(cause, os.strerror(cause)) from None
+
+
+def _state_bytes(state) -> int:
+    """Bytes of the tensors (and arrays) in ``state``: about the size of its checkpoint."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_state_bytes(v) for v in state)
+    return int(getattr(state, "nbytes", 0) or 0)
+
+
+def _is_write_failure(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return any(marker in text for marker in ("enforce fail", "file write failed", "PytorchStreamWriter failed"))
+
+
+def _write_errno(tmp: Path, needed: int) -> int | None:
+    """Why torch could not write ``tmp`` (it does not say): ENOSPC, EROFS, EACCES, or None when unknown."""
+    written = tmp.stat().st_size if tmp.exists() else 0
+    free = free_bytes(tmp.parent)
+    if free is not None and free + written < needed + (1 << 20):
+        return errno.ENOSPC
+    try:
+        if os.statvfs(tmp.parent).f_flag & os.ST_RDONLY:
+            return errno.EROFS
+    except OSError:
+        return None
+    return None if os.access(tmp.parent, os.W_OK) else errno.EACCES
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -170,6 +170,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     num_workers: int = Field(2, ge=0)
     max_train_batches: int | None = None  # cap per epoch (smoke tests)
+    log_every: int = Field(10, ge=1)  # steps between reads of the loss (progress and the non-finite check)
     report_images: int = Field(12, ge=0)
 
 

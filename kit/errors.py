@@ -7,3 +7,12 @@ class KitError(Exception):
 
 class DataError(KitError):
     """A competition file is malformed."""
+
+
+class Interrupted(KitError):
+    """Work stopped on a signal after saving what resumes it; ``exit_code`` is 128 + the signal (143, 130)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -1,11 +1,17 @@
-"""Atomic file writes: an artifact is either absent, the old version, or complete."""
+"""Atomic file writes: an artifact is either absent, the old version, or complete.
+
+A write that fails for a reason the user can fix (a full disk, a read-only or unwritable folder) ends in a
+one-line ``WriteError`` naming the file, and leaves no temporary file behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,29 +20,124 @@ import numpy as np
 
 from kit.errors import KitError
 
+_CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the file system",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class WriteError(KitError):
+    """An artifact could not be written: full disk, read-only file system or no permission."""
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes in decimal units: ``512 B``, ``3.4 MB``, ``1.2 GB``."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Bytes free to this user on the file system of ``path`` (or of its nearest existing parent), or None."""
+    path = Path(path).absolute()
+    for folder in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            if folder.exists():
+                return shutil.disk_usage(folder).free
+    return None
+
+
+def no_space_error(path: str | Path, needed: int | None = None, free: int | None = None) -> WriteError:
+    """``PATH: no space left on device (needed ~N MB, free M MB)``; the free space is measured when not given."""
+    free = free_bytes(path) if free is None else free
+    details = [f"needed ~{format_bytes(needed)}"] if needed else []
+    details += [f"free {format_bytes(free)}"] if free is not None else []
+    return WriteError(f"{path}: {_CAUSES[errno.ENOSPC]}" + (f" ({', '.join(details)})" if details else ""))
+
+
+def write_error(path: str | Path, exc: OSError, needed: int | None = None) -> WriteError | None:
+    """The one-line error for a failed write of ``path``, or None when ``exc`` is not a full disk or a permission.
+
+    Args:
+        path: the file (or folder) being written, as the message names it.
+        exc: what the write raised.
+        needed: bytes the write needs, where known (a full disk's message gives it with the free space).
+    """
+    cause = _CAUSES.get(exc.errno)
+    if cause is None:
+        return None
+    if exc.errno == errno.ENOSPC:
+        return no_space_error(path, needed)
+    return WriteError(f"{path}: {cause}")
+
+
+def _is_about(exc: OSError, paths: tuple[Path, ...]) -> bool:
+    """Whether ``exc`` concerns one of ``paths`` (an error without a file name comes from writing an open file)."""
+    return exc.filename is None or Path(os.fsdecode(exc.filename)) in paths
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; it is renamed onto ``path`` only if the block succeeds."""
+def atomic_path(path: str | Path, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; it is renamed onto ``path`` only if the block succeeds.
+
+    The temporary file is removed whatever happens.
+
+    Args:
+        path: the artifact.
+        needed: its size in bytes where known, for the message of a full disk.
+
+    Raises:
+        WriteError: the disk is full, the folder is read-only or not writable (``PATH: no space left on device
+            (needed ~N MB, free M MB)``, ``PATH: read-only file system``, ...); other errors propagate unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
-        yield tmp_path
-        # mkstemp creates 0600 files; give the artifact the permissions of a normally created file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
+        with _mapped(path, needed):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+        tmp_path = Path(tmp)
+        with _mapped(path, needed, tmp_path, (tmp_path, path)):
+            yield tmp_path
+        with _mapped(path, needed, tmp_path):
+            # mkstemp creates 0600 files; give the artifact the permissions of a normally created file.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
+            os.replace(tmp_path, path)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _mapped(path: Path, needed: int | None, tmp: Path | None = None, about: tuple[Path, ...] | None = None):
+    """Turn an OSError of writing ``path`` into its ``WriteError``, removing ``tmp`` first (it takes disk space).
+
+    With ``about``, only errors without a file name or naming one of those paths are taken as the write's.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        error = write_error(path, exc, needed) if about is None or _is_about(exc, about) else None
+        if error is None:
+            raise
+        raise error from None
 
 
 def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    data = text.encode()
+    with atomic_path(path, needed=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -44,7 +145,7 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, needed=np.asarray(array).nbytes + 128) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
 
 

@@ -8,7 +8,8 @@ from typing import Protocol
 class Reporter(Protocol):
     def start_epoch(self, fold: int, epoch: int, epochs: int, n_batches: int) -> None: ...
 
-    def batch(self, loss: float, images_per_second: float) -> None: ...
+    def batch(self, loss: float, images_per_second: float, advance: int = 1) -> None:
+        """``advance`` steps done since the last call (the loss is read every ``train.log_every`` steps)."""
 
     def end_epoch(self, fold: int, epoch: int, stats: dict) -> None: ...
 
@@ -19,7 +20,7 @@ class SilentReporter:
     def start_epoch(self, fold: int, epoch: int, epochs: int, n_batches: int) -> None:
         pass
 
-    def batch(self, loss: float, images_per_second: float) -> None:
+    def batch(self, loss: float, images_per_second: float, advance: int = 1) -> None:
         pass
 
     def end_epoch(self, fold: int, epoch: int, stats: dict) -> None:

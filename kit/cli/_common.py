@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from kit.errors import KitError
+from kit.errors import Interrupted, KitError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -24,6 +24,9 @@ def handle_errors(func: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except Interrupted as exc:
+            err_console.print(f"[yellow]interrupted:[/yellow] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
         except KitError as exc:
             # The message is data (it may hold "[...]"): escape it so rich prints it verbatim, on one line.
             err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)

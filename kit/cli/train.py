@@ -34,9 +34,9 @@ class RichReporter:
         self._progress.start()
         self._task = self._progress.add_task("train", total=n_batches, info="")
 
-    def batch(self, loss: float, images_per_second: float) -> None:
+    def batch(self, loss: float, images_per_second: float, advance: int = 1) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, advance=1, info=f"loss {loss:.4f}  {images_per_second:,.0f} img/s")
+            self._progress.update(self._task, advance=advance, info=f"loss {loss:.4f}  {images_per_second:,.0f} img/s")
 
     def end_epoch(self, fold: int, epoch: int, stats: dict) -> None:
         from kit.progress import format_epoch

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.data.competition import Competition
+from kit.data.competition import FLIP_FILE, Competition
 from kit.data.flip import derive_flip_permutation, load_permutation, save_permutation
 from kit.data.images import load_image, read_image_size
 from kit.errors import DataError
@@ -97,11 +97,11 @@ def check_competition(
     try:
         perm = derive_flip_permutation(points)
     except DataError as exc:
-        comp.flip_file.unlink(missing_ok=True)
+        (comp.workspace / FLIP_FILE).unlink(missing_ok=True)
         derived, note = False, str(exc)
     else:
-        save_permutation(comp.flip_file, perm)
-        derived, note = True, f"stored in {comp.flip_file}"
+        save_permutation(comp.workspace / FLIP_FILE, perm)
+        derived, note = True, f"stored in {comp.workspace / FLIP_FILE}"
         private_flip = comp.root / "private" / "flip_permutation.txt"
         if private_flip.is_file():
             matches = bool(np.array_equal(perm, load_permutation(private_flip, comp.n_points)))

@@ -1,8 +1,15 @@
-"""A competition folder in the layout of "Thousand Facial Landmarks"."""
+"""A competition folder in the layout of "Thousand Facial Landmarks", and the workspace of its derived files.
+
+Derived files (parsed-table and crop caches, ``folds.csv``, ``flip_permutation.txt``) go to the workspace: the
+data folder itself when it is writable, else (a Kaggle notebook's read-only ``/kaggle/input``) a folder per data
+set under the kit cache; ``--workspace`` or ``$KIT_WORKSPACE`` choose another.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import os
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -11,22 +18,96 @@ import numpy as np
 from kit.data.landmarks import Landmarks, TestPoints, read_landmarks, read_test_points
 from kit.errors import DataError
 
+WORKSPACE_ENV = "KIT_WORKSPACE"
+FOLDS_FILE = "folds.csv"
+FLIP_FILE = "flip_permutation.txt"
+CACHE_FOLDER = ".kit_cache"
+
+
+def resolve_workspace(root: str | Path, workspace: str | Path | None = None) -> tuple[Path, str]:
+    """Where the derived files of the data in ``root`` go, and why.
+
+    Explicit ``workspace`` > ``$KIT_WORKSPACE`` > ``root`` when writable > ``<kit cache>/workspaces/<name>-<hash>``.
+
+    Returns:
+        The folder (not created) and the reason: ``--workspace``, ``KIT_WORKSPACE``, ``data folder`` or
+        ``data folder is read-only``.
+    """
+    root = Path(root)
+    if workspace is not None and str(workspace) != "":
+        return Path(workspace), "--workspace"
+    if os.environ.get(WORKSPACE_ENV):
+        return Path(os.environ[WORKSPACE_ENV]), WORKSPACE_ENV
+    if os.access(root, os.W_OK):
+        return root, "data folder"
+    resolved = root.resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
+    return _kit_cache_dir() / "workspaces" / f"{resolved.name or 'data'}-{digest}", "data folder is read-only"
+
+
+def _kit_cache_dir() -> Path:
+    """``kit.models.weights.cache_dir()`` without importing torch and timm: ``$KIT_CACHE_DIR`` or ``~/.cache/kit``."""
+    return Path(os.environ.get("KIT_CACHE_DIR", Path.home() / ".cache" / "kit"))
+
 
 @dataclass(frozen=True)
 class Competition:
-    """Paths and parsed tables of a competition folder (``train/``, ``test/``, optional ``private/``)."""
+    """Paths and parsed tables of a competition folder (``train/``, ``test/``, optional ``private/``).
+
+    ``workspace`` is where derived files are written (default: resolved by ``resolve_workspace``).
+    """
 
     root: Path
+    workspace: Path = None  # type: ignore[assignment]  # resolved in __post_init__
+    workspace_reason: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        if self.workspace is None:
+            workspace, reason = resolve_workspace(self.root)
+            object.__setattr__(self, "workspace", workspace)
+            object.__setattr__(self, "workspace_reason", reason)
+        else:
+            object.__setattr__(self, "workspace", Path(self.workspace))
+            object.__setattr__(self, "workspace_reason", self.workspace_reason or "--workspace")
 
     @classmethod
-    def load(cls, root: str | Path) -> Competition:
+    def load(cls, root: str | Path, workspace: str | Path | None = None) -> Competition:
+        """Check the layout of ``root``; derived files go to ``workspace`` (see ``resolve_workspace``).
+
+        Raises:
+            DataError: the folder or one of its tables or image folders is missing.
+        """
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: competition folder not found")
         for rel in ("train/landmarks.csv", "train/images", "test/test_points.csv", "test/images"):
             if not (root / rel).exists():
                 raise DataError(f"{root / rel}: missing (expected the competition layout)")
-        return cls(root)
+        path, reason = resolve_workspace(root, workspace)
+        return cls(root, path, reason)
+
+    @property
+    def workspace_note(self) -> str | None:
+        """``workspace: PATH (REASON)`` when derived files do not go beside the data, else None."""
+        if self.workspace.absolute() == self.root.absolute():
+            return None
+        return f"workspace: {self.workspace} ({self.workspace_reason})"
+
+    @property
+    def cache_dir(self) -> Path:
+        """The caches' folder (crops), in the workspace."""
+        return self.workspace / CACHE_FOLDER
+
+    def table_cache_dir(self, table: Path) -> Path:
+        """Cache folder of the parsed ``table`` (under ``root``): ``.kit_cache`` in its twin folder in the workspace."""
+        return self.workspace / Path(table).parent.relative_to(self.root) / CACHE_FOLDER
+
+    def derived_file(self, name: str) -> Path:
+        """Where the derived file ``name`` is read: the workspace's, or one left beside read-only data before."""
+        target = self.workspace / name
+        beside = self.root / name
+        return beside if not target.is_file() and beside.is_file() else target
 
     @property
     def train_csv(self) -> Path:
@@ -50,15 +131,17 @@ class Competition:
 
     @property
     def folds_csv(self) -> Path:
-        return self.root / "folds.csv"
+        """The fold split to read (write a new one to ``workspace / FOLDS_FILE``)."""
+        return self.derived_file(FOLDS_FILE)
 
     @property
     def flip_file(self) -> Path:
-        return self.root / "flip_permutation.txt"
+        """The flip permutation to read (write a new one to ``workspace / FLIP_FILE``)."""
+        return self.derived_file(FLIP_FILE)
 
     @cached_property
     def train(self) -> Landmarks:
-        return read_landmarks(self.train_csv)
+        return read_landmarks(self.train_csv, cache_dir=self.table_cache_dir(self.train_csv))
 
     @cached_property
     def test(self) -> TestPoints:
@@ -76,7 +159,7 @@ class Competition:
 
     def private_answers(self) -> Landmarks:
         """The test answers (synth competitions only), rows aligned with ``test_points.csv``."""
-        answers = read_landmarks(self.private_csv)
+        answers = read_landmarks(self.private_csv, cache_dir=self.table_cache_dir(self.private_csv))
         if answers.n_points != self.n_points:
             raise DataError(f"{self.private_csv}: {answers.n_points} points, the training set has {self.n_points}")
         order = {name: i for i, name in enumerate(answers.file_names)}

@@ -52,7 +52,12 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """``key`` is an index, or ``(index, seed)``: the sample's augmentation is then drawn from ``seed``."""
+        if isinstance(key, tuple):
+            key, seed = key
+            self.reseed(seed)
+        index = key
         if self._images is None:
             self._images = self.cache.images()
         image = np.asarray(self._images[self.rows[index]])
@@ -91,7 +96,9 @@ class RawCropBatches(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitems__(self, indices: list[int]):
+    def __getitems__(self, keys: list):
+        """``keys`` are indices or ``(index, seed)`` pairs (the seeds are unused: augmentation runs on the device)."""
+        indices = [key[0] if isinstance(key, tuple) else key for key in keys]
         if self._images is None:
             self._images = self.cache.images()
         order = np.sort(np.asarray(indices))

@@ -1,11 +1,11 @@
-"""Files derived from the data and stored beside it: the fold split and the left/right flip permutation."""
+"""Files derived from the data and stored in its workspace: the fold split and the left/right flip permutation."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from kit.config import Pipeline
-from kit.data.competition import Competition
+from kit.data.competition import FLIP_FILE, FOLDS_FILE, Competition
 from kit.data.flip import derive_flip_permutation, save_permutation
 from kit.data.folds import load_folds, make_folds, write_folds
 from kit.errors import DataError, KitError
@@ -39,10 +39,10 @@ def flip_permutation(comp: Competition, pipeline: Pipeline | None = None) -> np.
 
 
 def ensure_flip_permutation(comp: Competition, pipeline: Pipeline | None = None) -> np.ndarray | None:
-    """``flip_permutation``, stored beside the data when it was derived."""
+    """``flip_permutation``, stored in the workspace when it was derived."""
     perm = flip_permutation(comp, pipeline)
     if perm is not None and not comp.flip_file.is_file():
-        save_permutation(comp.flip_file, perm)
+        save_permutation(comp.workspace / FLIP_FILE, perm)
     return perm
 
 
@@ -62,5 +62,5 @@ def fold_count(comp: Competition) -> int:
 def ensure_folds(comp: Competition) -> np.ndarray:
     """The fold of each training row, from ``folds.csv`` (made with the defaults when absent)."""
     if not comp.folds_csv.is_file():
-        write_folds(comp.folds_csv, make_folds(comp.train.file_names, k=DEFAULT_K, seed=DEFAULT_SEED))
+        write_folds(comp.workspace / FOLDS_FILE, make_folds(comp.train.file_names, k=DEFAULT_K, seed=DEFAULT_SEED))
     return load_folds(comp.folds_csv, comp.train.file_names)

@@ -24,7 +24,7 @@ def _normalise(shapes: np.ndarray) -> np.ndarray:
 
 def _rotation_onto(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Rotations (B, 2, 2) that best map centred shapes ``source`` (B, P, 2) onto ``target`` (P, 2) (Kabsch)."""
-    cov = np.einsum("bpi,pj->bij", source, target)
+    cov = np.swapaxes(source, 1, 2) @ target
     u, _, vt = np.linalg.svd(cov)
     d = np.sign(np.linalg.det(u @ vt))
     fix = np.ones((len(source), 2))
@@ -32,19 +32,43 @@ def _rotation_onto(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return (u * fix[:, None, :]) @ vt
 
 
-def mean_shape(points: np.ndarray, iterations: int = 3, max_shapes: int = 20000) -> np.ndarray:
+_MEDIAN_SHAPES = 2000  # shapes the robust (median) reference is computed from
+
+
+def _align(shapes: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    return shapes @ _rotation_onto(shapes, reference)
+
+
+def _inliers(residuals: np.ndarray, factor: float) -> np.ndarray:
+    """Shapes whose residual is not an outlier: within ``factor`` x the median, or within 5 robust sigmas."""
+    median = np.median(residuals)
+    sigma = 1.4826 * np.median(np.abs(residuals - median))
+    return residuals <= max(factor * median, median + 5.0 * sigma)
+
+
+def mean_shape(
+    points: np.ndarray, iterations: int = 3, max_shapes: int = 20000, outlier_factor: float = 3.0
+) -> np.ndarray:
     """Generalised Procrustes mean of (N, P, 2) shapes: translation, scale and rotation removed.
 
-    Returns a centred (P, 2) shape of unit RMS radius, oriented like the plain mean of the normalised shapes.
+    Robust to a few corrupt rows (a handful of wild coordinates): the shapes are first aligned to the
+    coordinate-wise median shape (of up to 2000 of them), those whose Procrustes residual is an outlier (over ``outlier_factor`` x the
+    median residual and 5 robust sigmas above it) are dropped, and the mean of the rest is refined.
+
+    Returns a centred (P, 2) shape of unit RMS radius, oriented like the median of the normalised shapes.
     """
     points = np.asarray(points, dtype=np.float64)
     if len(points) > max_shapes:
         points = points[np.linspace(0, len(points) - 1, max_shapes).astype(int)]
     shapes = _normalise(points)
-    reference = _normalise(shapes.mean(axis=0, keepdims=True))[0]
+    sample = shapes[np.linspace(0, len(shapes) - 1, min(len(shapes), _MEDIAN_SHAPES)).astype(int)]
+    reference = _normalise(np.median(sample, axis=0, keepdims=True))[0]
     for _ in range(iterations):
-        aligned = np.einsum("bpi,bij->bpj", shapes, _rotation_onto(shapes, reference))
-        reference = _normalise(aligned.mean(axis=0, keepdims=True))[0]
+        reference = _normalise(np.median(_align(sample, reference), axis=0, keepdims=True))[0]
+    residuals = np.sqrt(np.square(_align(shapes, reference) - reference).sum(axis=2).mean(axis=1))
+    shapes = shapes[_inliers(residuals, outlier_factor)]
+    for _ in range(iterations):
+        reference = _normalise(_align(shapes, reference).mean(axis=0, keepdims=True))[0]
     return reference
 
 

@@ -10,8 +10,6 @@ exactly the distribution of albumentations' ``Affine`` as ``build_geometry`` con
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,7 +19,6 @@ from kit.data.photometric import photometric
 from kit.predict.flip import mirror_points
 from kit.predict.inputs import normalise, to_unit_float
 
-BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def sample_geometry(batch: int, cfg: AugmentConfig, size: int, generator: torch.Generator):
@@ -143,38 +140,32 @@ def make_batch_transform(
     Raises:
         ValueError: ``cfg.hflip > 0`` with geometry on the device but no flip permutation.
     """
-    device = torch.device(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    perm = None if flip_perm is None else torch.as_tensor(np.asarray(flip_perm), dtype=torch.long, device=device)
-    if geometry_on_device and cfg.hflip > 0 and perm is None:
-        raise ValueError("horizontal flip needs the flip permutation")
+    return BatchTransform(cfg, size, mean, std, channels_last, flip_perm, device, seed, geometry_on_device)
 
-    def transform(images: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = to_unit_float(images, device)
-        points = points.to(device, torch.float32, non_blocking=True)
-        if geometry_on_device:
-            x, points = augment_geometry(x, points, cfg, size, perm if cfg.hflip > 0 else None, generator)
+
+class BatchTransform:
+    """The callable ``make_batch_transform`` returns; ``reseed(seed)`` restarts its random stream (exact resume)."""
+
+    def __init__(self, cfg: AugmentConfig, size: int, mean, std, channels_last: bool, flip_perm: np.ndarray | None,
+                 device: torch.device, seed: int, geometry_on_device: bool):
+        self.cfg, self.size, self.mean, self.std, self.channels_last = cfg, size, mean, std, channels_last
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.perm = None if flip_perm is None else torch.as_tensor(np.asarray(flip_perm), dtype=torch.long,
+                                                                    device=self.device)
+        self.geometry_on_device = geometry_on_device
+        if geometry_on_device and cfg.hflip > 0 and self.perm is None:
+            raise ValueError("horizontal flip needs the flip permutation")
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)  # host-side: no device sync
+
+    def __call__(self, images: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, size = self.cfg, self.size
+        x = to_unit_float(images, self.device)
+        points = points.to(self.device, torch.float32, non_blocking=True)
+        if self.geometry_on_device:
+            x, points = augment_geometry(x, points, cfg, size, self.perm if cfg.hflip > 0 else None, self.generator)
         elif x.shape[-2:] != (size, size):
             raise ValueError(f"expected {size} x {size} crops from the DataLoader, got {tuple(x.shape[-2:])}")
-        return normalise(photometric(x, cfg, generator), mean, std, channels_last), points
-
-    return transform
-
-
-def gpu_augment(
-    images: torch.Tensor,
-    points: torch.Tensor,
-    cfg: AugmentConfig,
-    size: int,
-    flip_perm: torch.Tensor | None,
-    generator: torch.Generator,
-    device_generator: torch.Generator,
-):
-    """Deprecated, for callers not yet on ``make_batch_transform``: geometry and photometrics of uint8 cache crops,
-    returning float [0, 1] images and model-input points. ``generator`` is unused (all draws come from
-    ``device_generator``)."""
-    del generator
-    x = to_unit_float(images, images.device)
-    perm = None if flip_perm is None or cfg.hflip == 0 else flip_perm.to(images.device)
-    x, points = augment_geometry(x, points, cfg, size, perm, device_generator)
-    return photometric(x, cfg, device_generator), points
+        return normalise(photometric(x, cfg, self.generator), self.mean, self.std, self.channels_last), points

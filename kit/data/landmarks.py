@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from kit.errors import DataError
-from kit.io import atomic_path, save_npy
+from kit.io import WriteError, atomic_path, save_npy
 
 FILE_COLUMN = "file_name"
 INDEX_LIST_COLUMN = "point_index_list"
@@ -345,10 +345,11 @@ def _parse_landmarks(path: Path) -> Landmarks:
 def read_landmarks(path: str | Path, cache_dir: str | Path | None = None, use_cache: bool = True) -> Landmarks:
     """Read and validate a ``landmarks.csv`` (TAB-separated ``file_name, Point_M0_X, ...``).
 
-    Parsed arrays are cached as ``.npy`` in ``cache_dir`` (default: ``.kit_cache`` beside the file), keyed by
-    the file's path, size, modification time, inode and a content fingerprint, so a changed file is parsed again
-    (and its stale cache removed). The cached points are memory-mapped, so a reload costs milliseconds whatever
-    the size. The points are read-only either way.
+    Parsed arrays are cached as ``.npy`` in ``cache_dir`` (default: ``.kit_cache`` beside the file; a
+    ``Competition`` passes one in its workspace), keyed by the file's path, size, modification time, inode and a
+    content fingerprint, so a changed file is parsed again (and its stale cache removed). The cached points are
+    memory-mapped, so a reload costs milliseconds whatever the size. The points are read-only either way; a cache
+    folder that cannot be written (read-only, full) only loses the cache.
 
     Raises:
         DataError: naming the file and the line or column at fault.
@@ -371,8 +372,8 @@ def read_landmarks(path: str | Path, cache_dir: str | Path | None = None, use_ca
                 stale.unlink(missing_ok=True)
         file_names = _write_cache(path, points_file)
         save_npy(names_file, file_names)
-    except OSError:
-        return _parse_landmarks(path)  # a read-only data folder, or a full disk, only loses the cache
+    except (OSError, WriteError):
+        return _parse_landmarks(path)  # a read-only cache folder, or a full disk, only loses the cache
     return Landmarks(file_names=file_names, points=np.load(points_file, mmap_mode="r"))
 
 

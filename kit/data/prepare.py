@@ -9,15 +9,23 @@ use it (after ``kit.data.images.load_image``) to get the cache's crops bit for b
 A cache is keyed by its parameters, the table (path, size, mtime) and every image it crops (name, size and
 mtime, in table order): an image replaced after ``kit prepare`` gives a new key, and the stale cache is removed
 once the new one is complete.
+
+Caches live in the competition's workspace (``Competition.cache_dir``). A build checks the free space first,
+reserves the file's blocks before writing (a memory map written past the free space dies of SIGBUS; plain writes
+fail with ENOSPC) and leaves nothing behind when it fails; the folder of a build killed outright (``.tmpPID`` of
+a process no longer alive) is removed by the next build.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
+import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +37,7 @@ from kit.data.competition import Competition
 from kit.data.geometry import apply_affine, crop_transform, invert_affine, warp_image
 from kit.data.images import load_image
 from kit.errors import DataError
+from kit.io import WriteError, format_bytes, free_bytes, write_error
 
 CACHE_VERSION = 2  # 2: the key covers every image's name, size and mtime
 _STAT_CHUNK = 4096  # file names stat-ed per thread-pool task
@@ -151,7 +160,7 @@ def _cache_prefix(split: str, size: int, margin: float, pad: int) -> str:
 def crop_cache_path(comp: Competition, split: str, size: int, margin: float, pad: int) -> Path:
     """Where the crop cache of the folder's current tables and images lives (stats every image)."""
     key = _key(comp, split, size, margin, pad)
-    return comp.root / ".kit_cache" / f"{_cache_prefix(split, size, margin, pad)}-{key}"
+    return comp.cache_dir / f"{_cache_prefix(split, size, margin, pad)}-{key}"
 
 
 def _meta(split: str, size: int, margin: float, pad: int) -> dict:
@@ -180,6 +189,124 @@ def prune_stale(current: Path, split: str, size: int, margin: float, pad: int) -
     return stale
 
 
+_BUILD = re.compile(r"crops-.+\.tmp(\d+)")
+_HOST_FILE = "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or not a PID): leave its folder alone
+    return True
+
+
+def remove_dead_builds(cache_dir: Path) -> list[Path]:
+    """Remove the folders of cache builds whose process (on this host) is no longer alive; return them."""
+    if not cache_dir.is_dir():
+        return []
+    host = socket.gethostname()
+    dead = []
+    for folder in cache_dir.glob("crops-*.tmp*"):
+        match = _BUILD.fullmatch(folder.name)
+        if match is None or _alive(int(match[1])):
+            continue
+        try:
+            owner = (folder / _HOST_FILE).read_text().strip()
+        except OSError:
+            owner = host  # killed before it wrote its host: a build of this machine's kit
+        if owner == host:
+            shutil.rmtree(folder, ignore_errors=True)
+            dead.append(folder)
+    return dead
+
+
+def cache_bytes(n: int, side: int) -> int:
+    """Disk space of a crop cache of ``n`` crops of ``side`` pixels: images, transforms and metadata."""
+    return n * side * side * 3 + n * 48 + 3 * 4096
+
+
+def _check_space(path: Path, needed: int, split: str) -> None:
+    """Refuse a build the disk cannot hold before writing anything.
+
+    Raises:
+        WriteError: naming the cache folder, the bytes needed and the bytes free.
+    """
+    free = free_bytes(path)
+    if free is not None and free < needed:
+        raise WriteError(
+            f"{path}: not enough disk space for the {split} crop cache (needed ~{format_bytes(needed)}, "
+            f"free {format_bytes(free)}); free some space or choose another --workspace"
+        )
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks now, so that a full disk fails here and not midway (where a map would SIGBUS)."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise  # ENOSPC and friends; unsupported by the file system: the plain writes report a full disk
+
+
+def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
+    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view, offset = view[written:], offset + written
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` header of a C-ordered uint8 array of ``shape``."""
+    buffer = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+def _write_crops(
+    file: Path, paths: list[Path], size: int, margin: float, pad: int, progress, workers: int | None
+) -> np.ndarray:
+    """Crop every image into ``file`` (an ``.npy`` of (N, S, S, 3) uint8) with plain writes; return the transforms."""
+    side = size + 2 * pad
+    header = _npy_header((len(paths), side, side, 3))
+    row = side * side * 3
+    transforms = np.empty((len(paths), 2, 3), dtype=np.float64)
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        _reserve(fd, len(header) + len(paths) * row)
+        _pwrite_all(fd, np.frombuffer(header, np.uint8), 0)
+
+        def crop(i: int) -> None:
+            image, transforms[i] = crop_image(load_image(paths[i]), size, margin, pad)
+            _pwrite_all(fd, image, len(header) + i * row)
+
+        pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))  # cv2 and pwrite release the GIL
+        try:
+            for _ in pool.map(crop, range(len(paths))):
+                if progress:
+                    progress(1)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failure stops the build instead of cropping on
+    finally:
+        os.close(fd)
+    return transforms
+
+
+def _is_the_builds(exc: OSError, tmp: Path) -> bool:
+    """Whether ``exc`` came from writing the build folder ``tmp`` (not, say, from reading an image)."""
+    if exc.filename is None:
+        return True
+    name = Path(os.fsdecode(exc.filename))
+    return name == tmp or tmp in name.parents or name in tmp.parents
+
+
 def prepare_crops(
     data_dir: str | Path | Competition,
     split: str,
@@ -188,55 +315,61 @@ def prepare_crops(
     pad: int = 16,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    workspace: str | Path | None = None,
 ) -> CropCache:
     """Build (or reuse) the crop cache of a split; written to a temporary folder and renamed when complete.
 
     The cache is reused only if the table and every image are unchanged (name, size, mtime); otherwise it is
-    rebuilt, and older caches of the same parameters are removed once the new one is complete.
+    rebuilt, and older caches of the same parameters are removed once the new one is complete. A build first
+    removes the folders of dead builds and checks the free space.
 
     Args:
-        data_dir: competition folder, or an already loaded ``Competition`` (its parsed tables are reused).
+        data_dir: competition folder, or an already loaded ``Competition`` (its parsed tables and workspace are
+            reused).
         split: ``train`` or ``test``.
         size: model input size.
         margin: crop margin (see ``crop_image``).
         pad: border kept on each side.
         progress: called with the number of images just cropped.
         workers: threads decoding and cropping (default: up to 8).
+        workspace: where the cache goes when ``data_dir`` is a folder (see ``kit.data.competition``).
 
     Raises:
         DataError: the folder, a table or an image is missing or malformed.
+        WriteError: the disk cannot hold the cache (naming the bytes needed and free), or the workspace is
+            read-only; nothing is left behind.
     """
-    comp = data_dir if isinstance(data_dir, Competition) else Competition.load(data_dir)
+    comp = data_dir if isinstance(data_dir, Competition) else Competition.load(data_dir, workspace=workspace)
     path = crop_cache_path(comp, split, size, margin, pad)
     cache = CropCache(path=path, size=size, pad=pad)
+    remove_dead_builds(path.parent)
     if (path / "meta.json").is_file():
         prune_stale(path, split, size, margin, pad)
         return cache
     _, image_dir, names = _split_files(comp, split)
     paths = [image_dir / name for name in names]
-    side = size + 2 * pad
+    needed = cache_bytes(len(paths), size + 2 * pad)
+    _check_space(path, needed, split)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        shape = (len(paths), side, side, 3)
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
-        transforms = np.empty((len(paths), 2, 3), dtype=np.float64)
-
-        def crop(i: int) -> None:
-            images[i], transforms[i] = crop_image(load_image(paths[i]), size, margin, pad)
-
-        with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # cv2 releases the GIL
-            for _ in pool.map(crop, range(len(paths))):
-                if progress:
-                    progress(1)
-        images.flush()
-        np.save(tmp / "transforms.npy", transforms)
-        meta = _meta(split, size, margin, pad) | {"n": len(paths), "version": CACHE_VERSION, "key": path.name[-12:]}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        if not (path / "meta.json").is_file():  # another process may have just finished the same cache
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            (tmp / _HOST_FILE).write_text(socket.gethostname())
+            transforms = _write_crops(tmp / "images.npy", paths, size, margin, pad, progress, workers)
+            np.save(tmp / "transforms.npy", transforms)
+            meta = _meta(split, size, margin, pad) | {"n": len(paths), "version": CACHE_VERSION, "key": path.name[-12:]}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            (tmp / _HOST_FILE).unlink()
+            if not (path / "meta.json").is_file():  # another process may have just finished the same cache
+                shutil.rmtree(path, ignore_errors=True)
+                os.replace(tmp, path)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)  # before measuring the free space
+            error = write_error(path, exc, needed) if _is_the_builds(exc, tmp) else None
+            if error is None:
+                raise
+            raise error from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     prune_stale(path, split, size, margin, pad)

@@ -73,6 +73,7 @@ def repredict(
     name: str | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
+    workspace: str | Path | None = None,
 ) -> Repredicted:
     """Predict again with every fold's ``best.pt`` of ``run_dir``, with ``tta`` and ``decoder`` (None: as trained).
 
@@ -87,7 +88,7 @@ def repredict(
     source_pipeline = source.read_pipeline()
     provisional = variant_pipeline(source_pipeline, source_pipeline.name, tta, decoder)  # options first
     split = source.read_split()
-    comp = Competition.load(data_dir)
+    comp = Competition.load(data_dir, workspace=workspace)
     if not comp.folds_csv.is_file():
         raise KitError(f"{comp.folds_csv}: missing; the run's fold split cannot be checked")
     current = SplitInfo.of(comp)
@@ -108,8 +109,8 @@ def repredict(
     refuse_inside(target.path, comp.root, "the new run")
 
     size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
-    train_cache = prepare_crops(comp.root, "train", size, margin, pad)
-    test_cache = prepare_crops(comp.root, "test", size, margin, pad)
+    train_cache = prepare_crops(comp, "train", size, margin, pad)
+    test_cache = prepare_crops(comp, "test", size, margin, pad)
     perm = flip_permutation(comp, pipeline)
     device = inference_device()
     flip = perm if pipeline.tta.hflip else None

@@ -16,25 +16,13 @@ from kit.data.gpu_augment import make_batch_transform
 from kit.data.prepare import prepare_crops
 from kit.models import create_model
 from kit.predict.inputs import autocast, prepare_input
-from kit.train.distributed import DistInfo
 from kit.train.engine import make_optimizer, train_one_epoch
-from kit.train.fold import FoldData, _loader
+from kit.train.fold import FoldData, train_loader
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _train_loader(pipeline: Pipeline, data: FoldData, device: torch.device):
-    from kit.data.dataset import CropDataset, RawCropBatches, keep_batch
-
-    rows = np.arange(len(data.points))
-    if pipeline.augment.gpu:
-        dataset = RawCropBatches(data.train_cache, rows, data.points)
-        return _loader(dataset, pipeline.train.batch_size, pipeline, device, True, DistInfo(), 0, keep_batch)
-    dataset = CropDataset(data.train_cache, rows, data.points, pipeline.augment, data.flip_perm)
-    return _loader(dataset, pipeline.train.batch_size, pipeline, device, True, DistInfo(), 0)
 
 
 def _cycle(loader, n_batches: int):
@@ -48,14 +36,16 @@ def _cycle(loader, n_batches: int):
                 return
 
 
-def bench(pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: int = 3) -> dict:
+def bench(
+    pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: int = 3, workspace: str | Path | None = None
+) -> dict:
     """Measure on the current device; returns images/s per stage and the peak device memory (CUDA)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    comp = Competition.load(data_dir)
+    comp = Competition.load(data_dir, workspace=workspace)
     size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
     data = FoldData(
-        prepare_crops(comp.root, "train", size, margin, pad),
-        prepare_crops(comp.root, "test", size, margin, pad),
+        prepare_crops(comp, "train", size, margin, pad),
+        prepare_crops(comp, "test", size, margin, pad),
         np.asarray(comp.train.points, np.float32),
         np.zeros(len(comp.train), np.int64),
         flip_permutation(comp, pipeline),
@@ -69,7 +59,7 @@ def bench(pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: i
     }
 
     # 1. Input pipeline alone: what the DataLoader plus the device augmentation delivers.
-    loader = _train_loader(pipeline, data, device)
+    loader, _ = train_loader(pipeline, data, np.arange(len(data.points)), device, seed=0)
     model = create_model(pipeline, comp.n_points).to(device)
     if pipeline.train.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -131,7 +121,7 @@ def bench(pipeline: Pipeline, data_dir: str | Path, batches: int = 20, warmup: i
         model, _cycle(loader, batches), optimizer, capped, device, 0, batches, batch_transform=transform
     )
     results["model_images"] = batches * batch_size
-    results["full_loop_images"] = stats["train_images"]
-    results["full_loop_images_per_second"] = stats["train_images"] / stats["train_seconds"]
+    results["full_loop_images"] = stats.images
+    results["full_loop_images_per_second"] = stats.images / stats.seconds
     results["full_vs_model"] = results["full_loop_images_per_second"] / results["model_images_per_second"]
     return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -9,21 +10,24 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from kit.checkpoint import load_checkpoint, save_checkpoint
 from kit.config import Pipeline
-from kit.data.dataset import CropDataset, RawCropBatches, keep_batch, seed_worker
+from kit.data.dataset import CropDataset, RawCropBatches, keep_batch
 from kit.data.gpu_augment import make_batch_transform
 from kit.data.prepare import CropCache
 from kit.metrics import mse
 from kit.models import create_model
 from kit.models.base import LandmarkModel
+from kit.predict.tta import inference_loader, predict_points
 from kit.predict.tta import predict_original as _predict_original
 from kit.progress import Reporter, SilentReporter
 from kit.runs import EpochStats, FoldSummary, Identity, RunDir
-from kit.train.distributed import DistInfo, barrier, check_in_sync
-from kit.train.engine import make_optimizer, train_one_epoch
+from kit.train.distributed import DistInfo, barrier, check_in_sync, select_device
+from kit.train.engine import EpochProgress, NonFiniteLoss, make_optimizer, train_one_epoch
+from kit.train.sampling import EpochSampler
+from kit.train.signals import Interrupted, StopRequest
 
 
 @dataclass
@@ -37,34 +41,29 @@ class FoldData:
     flip_perm: np.ndarray | None
 
 
-def _loader(
-    dataset,
-    batch_size: int,
-    pipeline: Pipeline,
-    device: torch.device,
-    shuffle: bool,
-    dist: DistInfo,
-    seed: int,
-    collate_fn=None,
-) -> DataLoader:
+def _train_loader(dataset, pipeline: Pipeline, device: torch.device, sampler: EpochSampler, collate_fn=None):
     workers = pipeline.train.num_workers
-    sampler = None
-    if shuffle and dist.enabled:
-        sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
+        batch_size=pipeline.train.batch_size,
         sampler=sampler,
-        drop_last=shuffle and len(dataset) > batch_size,
+        drop_last=len(dataset) > pipeline.train.batch_size,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
-        worker_init_fn=seed_worker if workers > 0 else None,
-        generator=generator,
         collate_fn=collate_fn,
     )
+
+
+def train_loader(pipeline: Pipeline, data: FoldData, rows: np.ndarray, device: torch.device, seed: int,
+                 dist: DistInfo = DistInfo()) -> tuple[DataLoader, EpochSampler]:
+    """The training loader of ``rows`` (CPU geometry in workers, or raw crops for the device) and its sampler."""
+    sampler = EpochSampler(len(rows), seed, dist.rank, dist.world_size)
+    if pipeline.augment.gpu:
+        dataset = RawCropBatches(data.train_cache, rows, data.points)
+        return _train_loader(dataset, pipeline, device, sampler, keep_batch), sampler
+    dataset = CropDataset(data.train_cache, rows, data.points, pipeline.augment, data.flip_perm, seed)
+    return _train_loader(dataset, pipeline, device, sampler), sampler
 
 
 def predict_original(
@@ -89,6 +88,26 @@ def predict_original(
     )
 
 
+def _resume(state: dict, model, optimizer, ema) -> tuple[list[EpochStats], dict, float, int, EpochProgress | None]:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    history = [EpochStats.model_validate(h) for h in state["history"]]
+    partial = EpochProgress(**state["partial"]) if state.get("partial") else None
+    next_epoch = state["epoch"] if partial is not None else state["epoch"] + 1
+    return history, state["best"], state["elapsed"], next_epoch, partial
+
+
+def _stop_now(stop: StopRequest | None, dist: DistInfo) -> bool:
+    """Under DDP every rank must stop at the same point: they agree once per epoch (one all-reduce)."""
+    if not dist.enabled:
+        return bool(stop)
+    flag = torch.tensor([1.0 if stop else 0.0], device=select_device(dist))
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def train_fold(
     pipeline: Pipeline,
     data: FoldData,
@@ -98,8 +117,17 @@ def train_fold(
     device: torch.device,
     dist: DistInfo = DistInfo(),
     reporter: Reporter | None = None,
+    stop: StopRequest | None = None,
 ) -> FoldSummary | None:
-    """Train and predict one fold into ``run``; resumes from its ``last.pt``. Returns the summary (main process)."""
+    """Train and predict one fold into ``run``; resumes from its ``last.pt``. Returns the summary (main process).
+
+    Every random stream is a function of (seed, epoch, step) (``kit.train.sampling``): a fold stopped by ``stop``
+    (SIGTERM, SIGINT) at a step boundary, or killed after an epoch, and resumed ends as an uninterrupted run.
+
+    Raises:
+        Interrupted: ``stop`` was set; a resumable checkpoint was saved first.
+        NonFiniteLoss: the loss or gradient norm became non-finite; the last finite checkpoint stays.
+    """
     reporter = reporter or SilentReporter()
     cfg = pipeline.train
     seed = cfg.seed * 1000 + fold
@@ -109,19 +137,17 @@ def train_fold(
     valid_rows = np.flatnonzero(data.folds == fold)
     n_points = data.points.shape[1]
 
-    if pipeline.augment.gpu:
-        train_set = RawCropBatches(data.train_cache, train_rows, data.points)
-        train_loader = _loader(train_set, cfg.batch_size, pipeline, device, True, dist, seed, keep_batch)
-    else:
-        train_set = CropDataset(data.train_cache, train_rows, data.points, pipeline.augment, data.flip_perm, seed)
-        train_loader = _loader(train_set, cfg.batch_size, pipeline, device, True, dist, seed)
-    steps_per_epoch = len(train_loader)
+    loader, sampler = train_loader(pipeline, data, train_rows, device, seed, dist)
+    steps_per_epoch = len(loader)
     if cfg.max_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
+    valid_loader = inference_loader(CropDataset(data.train_cache, valid_rows), cfg.batch_size * 2, device,
+                                    cfg.num_workers)
 
     model = create_model(pipeline, n_points)
     # Mean training shape in model-input pixels (the centre crop): the regression head starts there.
-    model.set_mean_shape(torch.from_numpy(train_set.points.mean(axis=0) - data.train_cache.pad))
+    model.set_mean_shape(torch.from_numpy(data.train_cache.to_cache(data.points[train_rows], train_rows).mean(axis=0)
+                                          - data.train_cache.pad))
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -130,94 +156,74 @@ def train_fold(
 
     history: list[EpochStats] = []
     best = {"valid_mse": float("inf"), "epoch": -1}
-    start_epoch, elapsed = 0, 0.0
+    start_epoch, elapsed, partial = 0, 0.0, None
     last_path, best_path = run.checkpoint(fold, "last"), run.checkpoint(fold, "best")
     if last_path.is_file():
-        state = load_checkpoint(last_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        history = [EpochStats.model_validate(h) for h in state["history"]]
-        best, elapsed = state["best"], state["elapsed"]
-        start_epoch = state["epoch"] + 1
-        torch.set_rng_state(state["rng"])
-        reporter.message(f"fold {fold}: resuming after epoch {start_epoch}")
+        history, best, elapsed, start_epoch, partial = _resume(load_checkpoint(last_path), model, optimizer, ema)
+        where = f"epoch {start_epoch + 1} step {partial.next_step}" if partial else f"epoch {start_epoch}"
+        reporter.message(f"fold {fold}: resuming after {where}")
+
+    def save_last(epoch: int, progress: EpochProgress | None) -> None:
+        save_checkpoint(last_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "epoch": epoch,
+            "partial": dataclasses.asdict(progress) if progress is not None else None,
+            "history": [h.model_dump() for h in history], "best": best, "elapsed": elapsed,
+            "identity": identity.model_dump(),
+        })
+
+    def interrupted(epoch: int, step: int | None) -> Interrupted:
+        where = f"epoch {epoch + 1}" + (f" step {step}" if step is not None else " end")
+        return Interrupted(f"{stop.name} in fold {fold} {where}: saved {last_path}; rerun the same command to "
+                           "resume", stop.signum)
 
     train_model = DistributedDataParallel(model) if dist.enabled else model
-    # Photometric augmentation (and, with augment.gpu, the geometry too) runs on the device for both paths; each
-    # rank of a DDP run draws its own stream.
+    # Photometric augmentation (and, with augment.gpu, the geometry too) runs on the device for both paths.
     batch_transform = make_batch_transform(
-        pipeline.augment,
-        pipeline.input.size,
-        model.mean,
-        model.std,
-        cfg.channels_last,
-        data.flip_perm,
-        device,
-        seed + 1000 * dist.rank,
-        geometry_on_device=pipeline.augment.gpu,
+        pipeline.augment, pipeline.input.size, model.mean, model.std, cfg.channels_last, data.flip_perm, device,
+        seed + 1000 * dist.rank, geometry_on_device=pipeline.augment.gpu,
     )
     truth = data.points[valid_rows]
     for epoch in range(start_epoch, cfg.epochs):
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
+        progress, partial = partial or EpochProgress(), None
+        sampler.set_epoch(epoch, skip=progress.next_step * cfg.batch_size)
         epoch_start = time.perf_counter()
         reporter.start_epoch(fold, epoch, cfg.epochs, steps_per_epoch)
-        stats = train_one_epoch(
-            train_model,
-            train_loader,
-            optimizer,
-            pipeline,
-            device,
-            epoch,
-            steps_per_epoch,
-            ema,
-            reporter,
-            batch_transform,
+        progress = train_one_epoch(
+            train_model, loader, optimizer, pipeline, device, epoch, steps_per_epoch, ema, reporter, batch_transform,
+            progress=progress, should_stop=(lambda: bool(stop)) if not dist.enabled else None,
+            seed=seed + 1000 * dist.rank, fold=fold,
         )
+        if progress.next_step < steps_per_epoch:  # stopped by a signal at a step boundary
+            if dist.is_main:
+                elapsed += time.perf_counter() - epoch_start
+                save_last(epoch, progress)
+            raise interrupted(epoch, progress.next_step)
         if dist.is_main:
             valid_start = time.perf_counter()
             eval_model = ema.module if ema is not None else model
-            predicted = predict_original(eval_model, data.train_cache, valid_rows, pipeline, device, None)
+            points = predict_points(eval_model, valid_loader, device, cfg.amp, cfg.channels_last)
+            valid_mse = mse(data.train_cache.to_original(points, valid_rows), truth)
+            if not np.isfinite(valid_mse):
+                raise NonFiniteLoss(f"fold {fold} epoch {epoch + 1}: validation predictions are not finite; lower "
+                                    f"optim.lr (now {pipeline.optim.lr:g}) or set optim.clip_grad")
             epoch_stats = EpochStats(
-                epoch=epoch,
-                epochs=cfg.epochs,
-                valid_mse=mse(predicted, truth),
-                valid_seconds=time.perf_counter() - valid_start,
-                images_per_second=stats["train_images"] * dist.world_size / max(stats["train_seconds"], 1e-9),
-                **stats,
+                epoch=epoch, epochs=cfg.epochs, train_loss=progress.mean_loss, train_images=progress.images,
+                train_seconds=progress.seconds, valid_mse=valid_mse, valid_seconds=time.perf_counter() - valid_start,
+                images_per_second=progress.images * dist.world_size / max(progress.seconds, 1e-9),
             )
             is_best = epoch_stats.valid_mse < best["valid_mse"]
             if is_best:
                 best = {"valid_mse": epoch_stats.valid_mse, "epoch": epoch}
-                save_checkpoint(
-                    best_path,
-                    {
-                        "model": eval_model.state_dict(),
-                        "epoch": epoch,
-                        "valid_mse": epoch_stats.valid_mse,
-                        "identity": identity.model_dump(),
-                    },
-                )
+                save_checkpoint(best_path, {"model": eval_model.state_dict(), "epoch": epoch,
+                                            "valid_mse": epoch_stats.valid_mse, "identity": identity.model_dump()})
             elapsed += time.perf_counter() - epoch_start
             history.append(epoch_stats)
-            save_checkpoint(
-                last_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "epoch": epoch,
-                    "history": [h.model_dump() for h in history],
-                    "best": best,
-                    "elapsed": elapsed,
-                    "rng": torch.get_rng_state(),
-                    "identity": identity.model_dump(),
-                },
-            )
+            save_last(epoch, None)
             reporter.end_epoch(fold, epoch, epoch_stats.model_dump() | {"is_best": is_best})
         barrier(dist)
+        if epoch + 1 < cfg.epochs and _stop_now(stop, dist):
+            raise interrupted(epoch, None)
 
     check_in_sync(model, dist)
     summary = None
@@ -225,23 +231,14 @@ def train_fold(
         model.load_state_dict(load_checkpoint(best_path)["model"])
         tta = data.flip_perm if pipeline.tta.hflip else None
         oof = predict_original(model, data.train_cache, valid_rows, pipeline, device, tta)
-        test = predict_original(
-            model, data.test_cache, np.arange(len(data.test_cache.transforms())), pipeline, device, tta
-        )
+        test = predict_original(model, data.test_cache, np.arange(len(data.test_cache.transforms())), pipeline,
+                                device, tta)
         images = sum(h.train_images for h in history) * dist.world_size
         seconds = sum(h.train_seconds for h in history)
         summary = FoldSummary(
-            fold=fold,
-            mse=mse(oof, truth),
-            best_epoch=best["epoch"],
-            best_valid_mse_no_tta=best["valid_mse"],
-            epochs=cfg.epochs,
-            wall_seconds=elapsed,
-            images_per_second=images / max(seconds, 1e-9),
-            n_train=len(train_rows),
-            n_valid=len(valid_rows),
-            history=tuple(history),
-            identity=identity,
+            fold=fold, mse=mse(oof, truth), best_epoch=best["epoch"], best_valid_mse_no_tta=best["valid_mse"],
+            epochs=cfg.epochs, wall_seconds=elapsed, images_per_second=images / max(seconds, 1e-9),
+            n_train=len(train_rows), n_valid=len(valid_rows), history=tuple(history), identity=identity,
             world_size=dist.world_size,
         )
         run.write_fold(fold, summary, oof, test)  # the summary last: its presence marks the fold finished

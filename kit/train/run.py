@@ -23,6 +23,7 @@ from kit.progress import Reporter, SilentReporter
 from kit.runs import Identity, RunDir, RunMetrics, SplitInfo
 from kit.train.distributed import barrier, init_distributed, select_device
 from kit.train.fold import FoldData, train_fold
+from kit.train.signals import Interrupted, stop_on_signals
 
 
 def parse_fold_selection(text: str, k: int) -> list[int]:
@@ -60,7 +61,7 @@ class Plan:
     folds: list[int]
 
 
-def validate(pipeline: Pipeline, data_dir: str | Path, folds: str = "all") -> Plan:
+def validate(pipeline: Pipeline, data_dir: str | Path, folds: str = "all", workspace: str | Path | None = None) -> Plan:
     """Check the pipeline and the data without writing anything (but the parsed-table cache).
 
     Raises:
@@ -69,7 +70,7 @@ def validate(pipeline: Pipeline, data_dir: str | Path, folds: str = "all") -> Pl
     from kit.models import create_model
 
     RunDir.under(".", pipeline.name)  # a plain run name
-    comp = Competition.load(data_dir)
+    comp = Competition.load(data_dir, workspace=workspace)
     check_images(comp)
     k = fold_count(comp)
     selected = parse_fold_selection(folds, k)
@@ -80,7 +81,7 @@ def validate(pipeline: Pipeline, data_dir: str | Path, folds: str = "all") -> Pl
 
 def _caches(comp: Competition, pipeline: Pipeline):
     size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
-    return prepare_crops(comp.root, "train", size, margin, pad), prepare_crops(comp.root, "test", size, margin, pad)
+    return prepare_crops(comp, "train", size, margin, pad), prepare_crops(comp, "test", size, margin, pad)
 
 
 def fold_train(
@@ -89,6 +90,7 @@ def fold_train(
     out_dir: str | Path = "runs",
     folds: str = "all",
     reporter: Reporter | None = None,
+    workspace: str | Path | None = None,
 ) -> RunMetrics | None:
     """Train every selected fold (finished folds are skipped, interrupted ones resumed), then, once all folds
     of the split are done, assemble the run (``kit.runs.RunDir.assemble``): OOF and test predictions, metrics, report.
@@ -96,7 +98,7 @@ def fold_train(
     Returns the run metrics, or None while some folds of the split are still missing.
     """
     reporter = reporter or SilentReporter()
-    plan = validate(pipeline, data_dir, folds)
+    plan = validate(pipeline, data_dir, folds, workspace)
     comp = plan.comp
     run = RunDir.under(out_dir, pipeline.name)
     dist = init_distributed()
@@ -122,11 +124,15 @@ def fold_train(
             f"{pipeline.name}: {pipeline.model.family} {pipeline.model.backbone}, {len(fold_of)} train "
             f"/ {len(comp.test)} test images, {comp.n_points} points, {plan.k} folds, device {device}"
         )
+        stop = stack.enter_context(stop_on_signals())
         for fold in plan.folds:
             if fold in finished:
                 reporter.message(f"fold {fold}: done, skipped")
                 continue
-            train_fold(pipeline, data, fold, run, identity, device, dist, reporter)
+            if stop:
+                raise Interrupted(f"{stop.name} before fold {fold}: finished folds are kept; rerun the same command "
+                                  "to resume", stop.signum)
+            train_fold(pipeline, data, fold, run, identity, device, dist, reporter, stop)
 
     if not dist.is_main:
         return None
