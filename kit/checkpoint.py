@@ -21,15 +21,18 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """
     needed = _state_bytes(state)
     with atomic_path(path, needed=needed) as tmp:
+        failure = None
         try:
             torch.save(state, tmp)
         except RuntimeError as exc:
             if not _is_write_failure(exc):
                 raise
-            cause = _write_errno(tmp, needed)
+            failure, cause = str(exc).strip().splitlines()[0], _write_errno(tmp, needed)
+        if failure is not None:
+            # Out of the handler: torch's writer, and the open file holding the disk space, went with its traceback.
             if cause is None:
-                raise WriteError(f"{path}: cannot write the checkpoint ({str(exc).strip().splitlines()[0]})") from None
-            raise OSError(cause, os.strerror(cause)) from None
+                raise WriteError(f"{path}: cannot write the checkpoint ({failure})")
+            raise OSError(cause, os.strerror(cause))
 
 
 def _state_bytes(state) -> int:
@@ -73,18 +76,25 @@ def load_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise KitError(f"{path}: missing") from None
     except Exception as exc:  # torch raises many types for a damaged file
-        raise KitError(f"{path}: not a readable checkpoint ({type(exc).__name__}); delete it and rerun") from None
+        raise KitError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: truncated or garbage); delete it "
+            f"to retrain {path.parent.name} from its start"
+        ) from None
     if not isinstance(state, dict):
         raise KitError(f"{path}: not a kit checkpoint")
     return state
 
 
 def read_identity(path: Path):
-    """The ``Identity`` a checkpoint was written under, or None (unreadable, or written by an older kit)."""
+    """The ``Identity`` a checkpoint was written under, or None (written by an older kit).
+
+    Raises:
+        KitError: the checkpoint is unreadable, naming it and the remedy.
+    """
     from kit.runs import Identity
 
+    data = load_checkpoint(path).get("identity")
     try:
-        data = load_checkpoint(path).get("identity")
         return Identity.model_validate(data) if data is not None else None
-    except (KitError, ValueError):
+    except ValueError:
         return None

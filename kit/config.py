@@ -209,7 +209,13 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise KitError(f"--set {item!r}: expected section.key=value")
         dotted, raw = item.split("=", 1)
-        _set_dotted(tree, dotted.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise KitError(
+                f"--set {dotted.strip()}: value {raw!r} is not valid YAML ({str(exc).splitlines()[0]})"
+            ) from None
+        _set_dotted(tree, dotted.strip(), value)
     return tree
 
 

@@ -168,15 +168,22 @@ class RunMetrics(_Record):
     report_seconds: float = 0.0
 
 
+def _remedy(path: Path) -> str:
+    folder = path.parent
+    if folder.name.startswith("fold") and folder.name[4:].isdigit():
+        return f"delete {folder} and rerun kit fold-train to retrain fold {folder.name[4:]}"
+    return "rerun kit fold-train (finished folds are kept) to write it again"
+
+
 def _read_record(path: Path, record: type[_Record]):
     try:
         return record.model_validate(json.loads(path.read_text()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KitError(f"{path}: unreadable ({type(exc).__name__}: {exc}); delete it and rerun") from None
+        raise KitError(f"{path}: unreadable ({type(exc).__name__}: {exc}); {_remedy(path)}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise KitError(f"{path}: invalid {record.__name__} (key '{key}': {first['msg']})") from None
+        raise KitError(f"{path}: invalid {record.__name__} (key '{key}': {first['msg']}); {_remedy(path)}") from None
 
 
 @dataclass(frozen=True)
@@ -204,7 +211,7 @@ def _load_array(path: Path, n_points: int, rows: int | None = None) -> np.ndarra
         # Memory-mapped: a full-size OOF array is about 3 GB per run; blending reads it in chunks.
         array = np.load(path, mmap_mode="r")
     except (OSError, ValueError, EOFError) as exc:
-        raise KitError(f"{path}: not a readable .npy file ({type(exc).__name__}); delete it and rerun") from None
+        raise KitError(f"{path}: not a readable .npy file ({type(exc).__name__}); {_remedy(path)}") from None
     if array.ndim != 3 or array.shape[1:] != (n_points, 2) or (rows is not None and len(array) != rows):
         expected = f"({'rows' if rows is None else rows}, {n_points}, 2)"
         raise KitError(f"{path}: shape {array.shape}, expected {expected}")
@@ -471,7 +478,7 @@ class RunDir:
         from kit.checkpoint import read_identity
 
         last = self.checkpoint(fold, "last")
-        if last.is_file() and read_identity(last) != identity:
+        if last.is_file() and read_identity(last) != identity:  # unreadable checkpoints raise, naming the file
             last.unlink()
             self.checkpoint(fold, "best").unlink(missing_ok=True)
 

@@ -3,14 +3,21 @@
 The client POSTs JSON to ``/api/v1/<service>/<method>``; an upload is StartSubmissionUpload (returns a
 ``createUrl``), a PUT of the file to that URL, then CreateSubmission. The server binds an ephemeral port on
 127.0.0.1, so it runs without root; ``route_client`` points the client's LOCALHOST environment at it.
+
+Faults are built for real, per route (an API method name, ``PUT`` for the upload, ``GET`` for the data file):
+``fail_502`` answers 502 a number of times before working, ``hang`` holds the request without answering (until
+``hang_s`` passes or the server shuts down), ``drop`` closes the connection without an answer (CreateSubmission
+creates the submission first), and ``interrupt`` delivers a simulated Ctrl-C to the client's main thread.
 """
 
 from __future__ import annotations
 
+import _thread
 import base64
 import json
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 API = "/api/v1/competitions.CompetitionApiService/"
@@ -35,10 +42,18 @@ class FakeKaggle:
     pending_polls: int = 0  # how many listings show the submission PENDING before it is scored
     public_score: str = "8.1234"
     archive: bytes = b""  # served by DownloadDataFiles
+    fail_502: dict[str, int] = field(default_factory=dict)  # route -> how many 502s before it works
+    hang: set[str] = field(default_factory=set)  # routes held without an answer
+    hang_s: float = 30.0  # how long a held request waits (cut short when the server shuts down)
+    drop: set[str] = field(default_factory=set)  # routes whose connection is closed without an answer
+    interrupt: set[str] = field(default_factory=set)  # routes that Ctrl-C the client (once each) before answering
     requests: list[Recorded] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
+    file_names: dict[str, str] = field(default_factory=dict)  # upload token -> file name given at the start
     created: list[dict] = field(default_factory=list)
+    created_at: list[str] = field(default_factory=list)
     port: int = 0
+    release: threading.Event = field(default_factory=threading.Event)  # set at shutdown: held requests end
 
     @property
     def url(self) -> str:
@@ -46,6 +61,10 @@ class FakeKaggle:
 
     def calls(self) -> list[str]:
         return [f"{r.method} {r.path.rsplit('/', 1)[-1]}" for r in self.requests]
+
+    def count(self, call: str) -> int:
+        """How many requests ``call`` (as in ``calls()``, e.g. ``"POST ListSubmissions"``) the server received."""
+        return self.calls().count(call)
 
 
 def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
@@ -80,6 +99,29 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
             state.requests.append(Recorded(self.command, self.path, dict(self.headers), body))
             return body
 
+        def _drop(self) -> None:
+            """Close the connection without an answer."""
+            self.close_connection = True
+            self.wfile.flush()
+
+        def _fault(self, route: str) -> bool:
+            """Apply the faults set for ``route``; True when the request was handled (dropped, held, or 502)."""
+            if route in state.interrupt:
+                state.interrupt.discard(route)
+                _thread.interrupt_main()  # the client sees KeyboardInterrupt once this request returns
+            if route in state.hang:
+                state.release.wait(state.hang_s)
+                self._drop()
+                return True
+            if state.fail_502.get(route, 0) > 0:
+                state.fail_502[route] -= 1
+                self._send(502, b"<html>Bad Gateway</html>", "text/html")
+                return True
+            if route in state.drop and route != "CreateSubmission":  # that one creates first, then drops
+                self._drop()
+                return True
+            return False
+
         def do_POST(self) -> None:  # noqa: N802
             body = self._record()
             if not self._authorised():
@@ -87,11 +129,18 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
                 return
             request = json.loads(body or b"{}")
             method = self.path.removeprefix(API)
+            if self._fault(method):
+                return
             if method == "StartSubmissionUpload":
-                token = f"blob-{len(state.uploads) + 1}"
+                token = f"blob-{len(state.file_names) + 1}"
+                state.file_names[token] = request.get("fileName", "")
                 self._json(200, {"token": token, "createUrl": f"{state.url}/upload/{token}"})
             elif method == "CreateSubmission":
                 state.created.append(request)
+                state.created_at.append(datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+                if method in state.drop:
+                    self._drop()
+                    return
                 self._json(200, {"message": "Successfully submitted", "ref": 4242})
             elif method == "ListSubmissions":
                 status = state.submission_status if state.pending_polls <= 0 else "PENDING"
@@ -99,14 +148,14 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
                 subs = [
                     {
                         "ref": 4242,
-                        "date": "2024-05-01T10:00:00.000Z",
+                        "date": date,
                         "description": c.get("submissionDescription", ""),
-                        "fileName": "blend.csv",
+                        "fileName": state.file_names.get(c.get("blobFileTokens", ""), ""),
                         "status": status,
                         "publicScore": state.public_score if status == "COMPLETE" else "",
                         "errorDescription": "bad row 3" if status == "ERROR" else "",
                     }
-                    for c in state.created
+                    for c, date in zip(state.created, state.created_at, strict=True)
                 ]
                 self._json(200, {"submissions": subs})
             elif method == "DownloadDataFiles":
@@ -117,6 +166,8 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
 
         def do_PUT(self) -> None:  # noqa: N802
             body = self._record()
+            if self._fault("PUT"):
+                return
             token = self.path.rsplit("/", 1)[-1]
             if state.put_status in (200, 201):
                 state.uploads[token] = body
@@ -124,6 +175,8 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802
             self._record()
+            if self._fault("GET"):
+                return
             if self.path.startswith("/files/"):
                 self._send(200, state.archive, "application/zip")
             else:
@@ -146,8 +199,15 @@ class KaggleServer:
         return self.state
 
     def __exit__(self, *exc) -> None:
+        self.state.release.set()  # held requests end now, so closing (which joins their threads) is quick
         self._server.shutdown()
         self._server.server_close()
+        self._thread.join(timeout=5)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the serving thread still runs (False once the context has exited)."""
+        return self._thread.is_alive()
 
 
 def route_client(monkeypatch, state: FakeKaggle, tmp_path, credentials: bool = True) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,8 +15,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kit.errors import Interrupted, KitError
 
+if TYPE_CHECKING:
+    from kit.data.competition import Competition
+
 console = Console()
 err_console = Console(stderr=True)
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option(
+        file_okay=False,
+        help="Folder for derived files (caches, folds.csv, flip permutation). Default: $KIT_WORKSPACE, else the "
+        "data folder when writable, else a folder under the kit cache.",
+    ),
+]
 
 
 def handle_errors(func: Callable) -> Callable:
@@ -61,3 +75,20 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]
                 progress.update(task, rate=f"{speed:,.0f}/s")
 
         yield advance
+
+
+def echo_workspace(data: Competition | Path, workspace: Path | None = None) -> None:
+    """Print ``workspace: PATH (REASON)`` when derived files do not go beside the data.
+
+    Args:
+        data: the competition folder, or a loaded ``Competition`` (whose workspace is used).
+        workspace: the ``--workspace`` option, for a folder.
+    """
+    from kit.data.competition import Competition, resolve_workspace
+
+    if not isinstance(data, Competition):
+        if not Path(data).is_dir():
+            return  # the command reports the missing folder
+        data = Competition(Path(data), *resolve_workspace(data, workspace))
+    if data.workspace_note is not None:
+        echo(data.workspace_note)

@@ -7,19 +7,21 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import console, echo, handle_errors, progress_bar
+from kit.cli._common import WorkspaceOption, console, echo, echo_workspace, handle_errors, progress_bar
 
 
 @handle_errors
 def check(
     data_dir: Annotated[Path, typer.Argument(help="Competition folder (train/, test/).")],
     decode: Annotated[bool, typer.Option(help="Decode every image (slower, catches corrupt files).")] = True,
+    workspace: WorkspaceOption = None,
 ) -> None:
     """Validate tables and images; derive and store the left/right flip permutation."""
     from kit.data.check import check_competition
     from kit.data.competition import Competition
 
-    comp = Competition.load(data_dir)
+    comp = Competition.load(data_dir, workspace=workspace)
+    echo_workspace(comp)
     total = len(comp.train) + len(comp.test)
     with progress_bar(total, "images") as advance:
         summary = check_competition(comp, decode=decode, progress=advance)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import echo, handle_errors
+from kit.cli._common import WorkspaceOption, echo, echo_workspace, handle_errors
 
 
 @handle_errors
@@ -18,20 +18,23 @@ def folds(
     groups: Annotated[
         Path | None, typer.Option(help="CSV 'file_name,group' (default: train/groups.csv when present).")
     ] = None,
+    workspace: WorkspaceOption = None,
 ) -> None:
-    """Write folds.csv (file_name, fold) beside the data: the one split every model uses."""
-    from kit.data.competition import Competition
+    """Write folds.csv (file_name, fold) to the workspace (default: beside the data): the one split every model uses."""
+    from kit.data.competition import FOLDS_FILE, Competition
     from kit.data.folds import make_folds, read_groups, write_folds
 
-    comp = Competition.load(data_dir)
+    comp = Competition.load(data_dir, workspace=workspace)
+    echo_workspace(comp)
     if groups is None and (comp.root / "train" / "groups.csv").is_file():
         groups = comp.root / "train" / "groups.csv"
     labels = read_groups(groups, comp.train.file_names) if groups is not None else None
     table = make_folds(comp.train.file_names, k=k, seed=seed, groups=labels)
-    digest = write_folds(comp.folds_csv, table)
+    target = comp.workspace / FOLDS_FILE
+    digest = write_folds(target, table)
     counts = ", ".join(str(n) for n in table["fold"].value_counts().sort_index())
     grouped = " (grouped)" if labels is not None else ""
-    echo(f"wrote {comp.folds_csv}: {k} folds{grouped} of {counts} images, sha256 {digest[:12]}")
+    echo(f"wrote {target}: {k} folds{grouped} of {counts} images, sha256 {digest[:12]}")
 
 
 @handle_errors

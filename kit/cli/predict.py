@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import console, handle_errors
+from kit.cli._common import WorkspaceOption, console, echo_workspace, handle_errors
 
 
 class TTAChoice(str, Enum):
@@ -36,11 +36,13 @@ def predict(
     decoder: Annotated[DecoderChoice | None, typer.Option(help="Heatmap decoder (default: the run's).")] = None,
     name: Annotated[str | None, typer.Option(help="New run name (default: RUN-hflip|noflip[-DECODER]).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing run of that name (never the source).")] = False,
+    workspace: WorkspaceOption = None,
 ) -> None:
     """Recompute OOF and test predictions from the fold checkpoints, without retraining, into a new run folder."""
     from kit.cli.train import RichReporter
     from kit.predict.repredict import repredict
 
+    echo_workspace(data, workspace)
     result = repredict(
         run_dir,
         data,
@@ -49,6 +51,7 @@ def predict(
         name=name,
         force=force,
         reporter=RichReporter(),
+        workspace=workspace,
     )
     source = result.source_oof_mse
     versus = f" (source {source:.4f})" if source is not None else ""

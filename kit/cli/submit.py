@@ -2,14 +2,56 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from kit.cli._common import console, handle_errors
+from kit.cli._common import console, err_console, handle_errors
+from kit.errors import KitError
+from kit.submit.kaggle import EXIT_CODES, RETRIES_ENV, TIMEOUT_ENV, Network  # cheap: kit.cli already loads kit.submit
 
 Competition = Annotated[str, typer.Option("--competition", help="Kaggle competition slug.")]
+Timeout = Annotated[
+    float | None,
+    typer.Option(help=f"Seconds a Kaggle request may stall before it fails (env {TIMEOUT_ENV}, default 30)."),
+]
+Retries = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help=f"Retries of listing, polling and download on HTTP 5xx, timeouts and dropped connections "
+        f"(never the upload itself; env {RETRIES_ENV}, default 3).",
+    ),
+]
+EXIT_HELP = "Exit codes: " + "; ".join(f"{code}: {text}" for code, text in EXIT_CODES.items()) + "."
+
+
+def _exit_codes(func: Callable) -> Callable:
+    """A KitError carrying its own ``exit_code`` (other than 1) ends as ``error: <message>`` with that code."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except KitError as exc:
+            code = getattr(exc, "exit_code", 1)
+            if code == 1:
+                raise
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code) from None
+
+    return wrapper
+
+
+def _network(timeout: float | None, retries: int | None) -> Network:
+    def notify(line: str) -> None:
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    return Network.from_env(timeout_s=timeout, retries=retries, notify=notify)
 
 
 @handle_errors
@@ -25,16 +67,24 @@ def validate(
 
 
 @handle_errors
+@_exit_codes
 def submit(
     file: Annotated[Path, typer.Argument(help="Submission CSV.")],
     competition: Competition,
     message: Annotated[str, typer.Option(help="Submission description shown on Kaggle.")],
     data: Annotated[Path, typer.Option(help="Competition folder: the file is validated against it first.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate only; contact nothing.")] = False,
-    wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the score (0: don't wait).")] = 120.0,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for the score, retries included (0: don't wait).")
+    ] = 120.0,
     poll: Annotated[float, typer.Option(min=1, help="Seconds between status checks.")] = 5.0,
+    timeout: Timeout = None,
+    retries: Retries = None,
 ) -> None:
-    """Validate a submission, upload it with the official kaggle client, and print its status and score."""
+    """Validate a submission, upload it with the official kaggle client, and print its status and score.
+
+    The upload is never retried automatically: when it fails, the message says whether the submission may exist.
+    """
     from kit.submit.format import read_competition_test_points
     from kit.submit.kaggle import submit_file
 
@@ -42,20 +92,23 @@ def submit(
         console.print(line, highlight=False, soft_wrap=True)
 
     test = read_competition_test_points(data)
-    submit_file(file, competition, message, test, dry_run=dry_run, wait_s=wait, poll_s=poll, log=log)
+    net = _network(timeout, retries)
+    submit_file(file, competition, message, test, dry_run=dry_run, wait_s=wait, poll_s=poll, log=log, net=net)
 
 
 @handle_errors
 def submissions(
     competition: Competition,
     limit: Annotated[int, typer.Option(min=1, help="How many recent submissions.")] = 20,
+    timeout: Timeout = None,
+    retries: Retries = None,
 ) -> None:
     """List recent submissions with their status and scores."""
     from rich.table import Table
 
     from kit.submit.kaggle import list_submissions
 
-    items = list_submissions(competition, limit=limit)
+    items = list_submissions(competition, limit=limit, net=_network(timeout, retries))
     if not items:
         console.print(f"no submissions to '{competition}'", highlight=False)
         return
@@ -73,14 +126,16 @@ def submissions(
 def download(
     competition: Competition,
     out_dir: Annotated[Path, typer.Argument(help="Folder to unpack the competition data into.")],
+    timeout: Timeout = None,
+    retries: Retries = None,
 ) -> None:
     """Download the competition data through the kaggle client and unpack it."""
     from kit.submit.kaggle import download_competition
 
-    entries = download_competition(competition, out_dir)
+    entries = download_competition(competition, out_dir, net=_network(timeout, retries))
     console.print(f"unpacked '{competition}' into {out_dir}: {', '.join(p.name for p in entries)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
     for command in (validate, submit, submissions, download):
-        app.command()(command)
+        app.command(epilog=EXIT_HELP if command is submit else None)(command)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kit.cli._common import console, err_console, handle_errors, progress_bar
+from kit.cli._common import WorkspaceOption, console, echo_workspace, err_console, handle_errors, progress_bar
 
 
 class RichReporter:
@@ -71,12 +71,14 @@ def fold_train(
     folds: Annotated[str, typer.Option(help="'all' or a comma list such as 0,2.")] = "all",
     out: Annotated[Path, typer.Option(help="Runs folder; the run is OUT/<pipeline name>.")] = Path("runs"),
     set_: SetOption = None,
+    workspace: WorkspaceOption = None,
 ) -> None:
     """k-fold fine-tuning: OOF and fold-averaged test predictions in original pixels, metrics and a report."""
     from kit.train import fold_train as run_fold_train
 
     config = _pipeline(pipeline, set_)
-    metrics = run_fold_train(config, data, out_dir=out, folds=folds, reporter=RichReporter())
+    echo_workspace(data, workspace)
+    metrics = run_fold_train(config, data, out_dir=out, folds=folds, reporter=RichReporter(), workspace=workspace)
     if metrics is not None:
         console.print(f"OOF MSE {metrics.oof_mse:.4f}", highlight=False)
 
@@ -87,15 +89,17 @@ def prepare(
     size: Annotated[int, typer.Option(help="Model input size, pixels.")] = 128,
     margin: Annotated[float, typer.Option(help="Crop margin (fraction of the shorter side, each side).")] = 0.0,
     pad: Annotated[int, typer.Option(help="Border kept around the crop for augmentation, pixels.")] = 16,
+    workspace: WorkspaceOption = None,
 ) -> None:
     """Build the uint8 crop cache that training reads instead of JPEGs."""
     from kit.data.competition import Competition
     from kit.data.prepare import prepare_crops
 
-    comp = Competition.load(data_dir)
+    comp = Competition.load(data_dir, workspace=workspace)
+    echo_workspace(comp)
     for split, count in (("train", len(comp.train)), ("test", len(comp.test))):
         with progress_bar(count, f"crops {split}") as advance:
-            cache = prepare_crops(data_dir, split, size, margin, pad, progress=advance)
+            cache = prepare_crops(comp, split, size, margin, pad, progress=advance)
         console.print(f"{split}: {count} crops of {cache.side}x{cache.side} in {cache.path}", highlight=False)
 
 
@@ -127,11 +131,14 @@ def bench(
     data: Annotated[Path, typer.Option(help="Competition folder.")],
     batches: Annotated[int, typer.Option(min=1, help="Timed batches per stage.")] = 20,
     set_: SetOption = None,
+    workspace: WorkspaceOption = None,
 ) -> None:
     """Images/s of the input pipeline alone, the model step alone, and the full loop, on this device."""
     from kit.train.bench import bench as run_bench
 
-    result = run_bench(_pipeline(pipeline, set_), data, batches=batches)
+    config = _pipeline(pipeline, set_)
+    echo_workspace(data, workspace)
+    result = run_bench(config, data, batches=batches, workspace=workspace)
     console.print(
         f"device {result['device']}  batch {result['batch_size']}  input {result['input_size']} px  "
         f"{result['n_points']} points",

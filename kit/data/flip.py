@@ -15,6 +15,8 @@ from scipy.spatial.distance import cdist
 from kit.errors import DataError
 from kit.io import write_text
 
+_MEDIAN_SHAPES = 2000  # shapes the robust (median) reference shape is computed from
+
 
 def _normalise(shapes: np.ndarray) -> np.ndarray:
     centred = shapes - shapes.mean(axis=1, keepdims=True)
@@ -30,9 +32,6 @@ def _rotation_onto(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     fix = np.ones((len(source), 2))
     fix[:, 1] = d
     return (u * fix[:, None, :]) @ vt
-
-
-_MEDIAN_SHAPES = 2000  # shapes the robust (median) reference is computed from
 
 
 def _align(shapes: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -51,9 +50,10 @@ def mean_shape(
 ) -> np.ndarray:
     """Generalised Procrustes mean of (N, P, 2) shapes: translation, scale and rotation removed.
 
-    Robust to a few corrupt rows (a handful of wild coordinates): the shapes are first aligned to the
-    coordinate-wise median shape (of up to 2000 of them), those whose Procrustes residual is an outlier (over ``outlier_factor`` x the
-    median residual and 5 robust sigmas above it) are dropped, and the mean of the rest is refined.
+    Robust to a minority of corrupt rows (such as a few wild coordinates): the shapes are first aligned to the
+    coordinate-wise median shape (of up to 2000 of them); those whose Procrustes residual is an outlier (over
+    ``outlier_factor`` x the median residual and 5 robust sigmas above it) are dropped, and the mean of the rest
+    is refined.
 
     Returns a centred (P, 2) shape of unit RMS radius, oriented like the median of the normalised shapes.
     """

@@ -20,7 +20,6 @@ from kit.predict.flip import mirror_points
 from kit.predict.inputs import normalise, to_unit_float
 
 
-
 def sample_geometry(batch: int, cfg: AugmentConfig, size: int, generator: torch.Generator):
     """Per-image zoom (B,), rotation in degrees (B,) and shift in pixels (B, 2), on the generator's device.
 
@@ -146,13 +145,24 @@ def make_batch_transform(
 class BatchTransform:
     """The callable ``make_batch_transform`` returns; ``reseed(seed)`` restarts its random stream (exact resume)."""
 
-    def __init__(self, cfg: AugmentConfig, size: int, mean, std, channels_last: bool, flip_perm: np.ndarray | None,
-                 device: torch.device, seed: int, geometry_on_device: bool):
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        size: int,
+        mean,
+        std,
+        channels_last: bool,
+        flip_perm: np.ndarray | None,
+        device: torch.device,
+        seed: int,
+        geometry_on_device: bool,
+    ):
         self.cfg, self.size, self.mean, self.std, self.channels_last = cfg, size, mean, std, channels_last
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.perm = None if flip_perm is None else torch.as_tensor(np.asarray(flip_perm), dtype=torch.long,
-                                                                    device=self.device)
+        self.perm = (
+            None if flip_perm is None else torch.as_tensor(np.asarray(flip_perm), dtype=torch.long, device=self.device)
+        )
         self.geometry_on_device = geometry_on_device
         if geometry_on_device and cfg.hflip > 0 and self.perm is None:
             raise ValueError("horizontal flip needs the flip permutation")

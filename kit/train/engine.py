@@ -120,7 +120,7 @@ def train_one_epoch(
                 f"fold {fold} epoch {epoch + 1} step {bad + 1}: the loss or gradient norm is not finite; lower "
                 f"optim.lr (now {cfg.lr:g}) or set optim.clip_grad; the last finite checkpoint is kept"
             )
-        if reporter is not None and last_loss is not None:
+        if reporter is not None and last_loss is not None and pending:
             reporter.batch(float(last_loss), images / max(time.perf_counter() - start, 1e-9), advance=pending)
 
     pending = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from kit.checkpoint import load_checkpoint, save_checkpoint
 from kit.config import Pipeline
+from kit.errors import KitError
 from kit.data.dataset import CropDataset, RawCropBatches, keep_batch
 from kit.data.gpu_augment import make_batch_transform
 from kit.data.prepare import CropCache
@@ -55,8 +57,9 @@ def _train_loader(dataset, pipeline: Pipeline, device: torch.device, sampler: Ep
     )
 
 
-def train_loader(pipeline: Pipeline, data: FoldData, rows: np.ndarray, device: torch.device, seed: int,
-                 dist: DistInfo = DistInfo()) -> tuple[DataLoader, EpochSampler]:
+def train_loader(
+    pipeline: Pipeline, data: FoldData, rows: np.ndarray, device: torch.device, seed: int, dist: DistInfo = DistInfo()
+) -> tuple[DataLoader, EpochSampler]:
     """The training loader of ``rows`` (CPU geometry in workers, or raw crops for the device) and its sampler."""
     sampler = EpochSampler(len(rows), seed, dist.rank, dist.world_size)
     if pipeline.augment.gpu:
@@ -97,6 +100,28 @@ def _resume(state: dict, model, optimizer, ema) -> tuple[list[EpochStats], dict,
     partial = EpochProgress(**state["partial"]) if state.get("partial") else None
     next_epoch = state["epoch"] if partial is not None else state["epoch"] + 1
     return history, state["best"], state["elapsed"], next_epoch, partial
+
+
+@contextlib.contextmanager
+def runtime_faults(fold: int, pipeline: Pipeline):
+    """Turn the faults of a training process into one-line errors that name the fold and the remedy."""
+    cfg = pipeline.train
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise KitError(
+            f"fold {fold}: out of device memory at train.batch_size={cfg.batch_size}; lower it "
+            f"(--set train.batch_size={max(1, cfg.batch_size // 2)}) or input.size"
+        ) from None
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        first = str(exc).splitlines()[0]
+        raise KitError(
+            f"fold {fold}: a DataLoader worker died ({first}); with train.num_workers={cfg.num_workers} "
+            "it may be out of shared memory (/dev/shm) or memory: lower train.num_workers (0 loads in "
+            "the main process)"
+        ) from None
 
 
 def _stop_now(stop: StopRequest | None, dist: DistInfo) -> bool:
@@ -141,13 +166,17 @@ def train_fold(
     steps_per_epoch = len(loader)
     if cfg.max_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
-    valid_loader = inference_loader(CropDataset(data.train_cache, valid_rows), cfg.batch_size * 2, device,
-                                    cfg.num_workers)
+    valid_loader = inference_loader(
+        CropDataset(data.train_cache, valid_rows), cfg.batch_size * 2, device, cfg.num_workers
+    )
 
     model = create_model(pipeline, n_points)
     # Mean training shape in model-input pixels (the centre crop): the regression head starts there.
-    model.set_mean_shape(torch.from_numpy(data.train_cache.to_cache(data.points[train_rows], train_rows).mean(axis=0)
-                                          - data.train_cache.pad))
+    model.set_mean_shape(
+        torch.from_numpy(
+            data.train_cache.to_cache(data.points[train_rows], train_rows).mean(axis=0) - data.train_cache.pad
+        )
+    )
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -164,24 +193,39 @@ def train_fold(
         reporter.message(f"fold {fold}: resuming after {where}")
 
     def save_last(epoch: int, progress: EpochProgress | None) -> None:
-        save_checkpoint(last_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "epoch": epoch,
-            "partial": dataclasses.asdict(progress) if progress is not None else None,
-            "history": [h.model_dump() for h in history], "best": best, "elapsed": elapsed,
-            "identity": identity.model_dump(),
-        })
+        save_checkpoint(
+            last_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "epoch": epoch,
+                "partial": dataclasses.asdict(progress) if progress is not None else None,
+                "history": [h.model_dump() for h in history],
+                "best": best,
+                "elapsed": elapsed,
+                "identity": identity.model_dump(),
+            },
+        )
 
     def interrupted(epoch: int, step: int | None) -> Interrupted:
         where = f"epoch {epoch + 1}" + (f" step {step}" if step is not None else " end")
-        return Interrupted(f"{stop.name} in fold {fold} {where}: saved {last_path}; rerun the same command to "
-                           "resume", stop.signum)
+        return Interrupted(
+            f"{stop.name} in fold {fold} {where}: saved {last_path}; rerun the same command to resume", stop.signum
+        )
 
     train_model = DistributedDataParallel(model) if dist.enabled else model
     # Photometric augmentation (and, with augment.gpu, the geometry too) runs on the device for both paths.
     batch_transform = make_batch_transform(
-        pipeline.augment, pipeline.input.size, model.mean, model.std, cfg.channels_last, data.flip_perm, device,
-        seed + 1000 * dist.rank, geometry_on_device=pipeline.augment.gpu,
+        pipeline.augment,
+        pipeline.input.size,
+        model.mean,
+        model.std,
+        cfg.channels_last,
+        data.flip_perm,
+        device,
+        seed + 1000 * dist.rank,
+        geometry_on_device=pipeline.augment.gpu,
     )
     truth = data.points[valid_rows]
     for epoch in range(start_epoch, cfg.epochs):
@@ -190,9 +234,20 @@ def train_fold(
         epoch_start = time.perf_counter()
         reporter.start_epoch(fold, epoch, cfg.epochs, steps_per_epoch)
         progress = train_one_epoch(
-            train_model, loader, optimizer, pipeline, device, epoch, steps_per_epoch, ema, reporter, batch_transform,
-            progress=progress, should_stop=(lambda: bool(stop)) if not dist.enabled else None,
-            seed=seed + 1000 * dist.rank, fold=fold,
+            train_model,
+            loader,
+            optimizer,
+            pipeline,
+            device,
+            epoch,
+            steps_per_epoch,
+            ema,
+            reporter,
+            batch_transform,
+            progress=progress,
+            should_stop=(lambda: bool(stop)) if not dist.enabled else None,
+            seed=seed + 1000 * dist.rank,
+            fold=fold,
         )
         if progress.next_step < steps_per_epoch:  # stopped by a signal at a step boundary
             if dist.is_main:
@@ -205,18 +260,32 @@ def train_fold(
             points = predict_points(eval_model, valid_loader, device, cfg.amp, cfg.channels_last)
             valid_mse = mse(data.train_cache.to_original(points, valid_rows), truth)
             if not np.isfinite(valid_mse):
-                raise NonFiniteLoss(f"fold {fold} epoch {epoch + 1}: validation predictions are not finite; lower "
-                                    f"optim.lr (now {pipeline.optim.lr:g}) or set optim.clip_grad")
+                raise NonFiniteLoss(
+                    f"fold {fold} epoch {epoch + 1}: validation predictions are not finite; lower "
+                    f"optim.lr (now {pipeline.optim.lr:g}) or set optim.clip_grad"
+                )
             epoch_stats = EpochStats(
-                epoch=epoch, epochs=cfg.epochs, train_loss=progress.mean_loss, train_images=progress.images,
-                train_seconds=progress.seconds, valid_mse=valid_mse, valid_seconds=time.perf_counter() - valid_start,
+                epoch=epoch,
+                epochs=cfg.epochs,
+                train_loss=progress.mean_loss,
+                train_images=progress.images,
+                train_seconds=progress.seconds,
+                valid_mse=valid_mse,
+                valid_seconds=time.perf_counter() - valid_start,
                 images_per_second=progress.images * dist.world_size / max(progress.seconds, 1e-9),
             )
             is_best = epoch_stats.valid_mse < best["valid_mse"]
             if is_best:
                 best = {"valid_mse": epoch_stats.valid_mse, "epoch": epoch}
-                save_checkpoint(best_path, {"model": eval_model.state_dict(), "epoch": epoch,
-                                            "valid_mse": epoch_stats.valid_mse, "identity": identity.model_dump()})
+                save_checkpoint(
+                    best_path,
+                    {
+                        "model": eval_model.state_dict(),
+                        "epoch": epoch,
+                        "valid_mse": epoch_stats.valid_mse,
+                        "identity": identity.model_dump(),
+                    },
+                )
             elapsed += time.perf_counter() - epoch_start
             history.append(epoch_stats)
             save_last(epoch, None)
@@ -231,14 +300,23 @@ def train_fold(
         model.load_state_dict(load_checkpoint(best_path)["model"])
         tta = data.flip_perm if pipeline.tta.hflip else None
         oof = predict_original(model, data.train_cache, valid_rows, pipeline, device, tta)
-        test = predict_original(model, data.test_cache, np.arange(len(data.test_cache.transforms())), pipeline,
-                                device, tta)
+        test = predict_original(
+            model, data.test_cache, np.arange(len(data.test_cache.transforms())), pipeline, device, tta
+        )
         images = sum(h.train_images for h in history) * dist.world_size
         seconds = sum(h.train_seconds for h in history)
         summary = FoldSummary(
-            fold=fold, mse=mse(oof, truth), best_epoch=best["epoch"], best_valid_mse_no_tta=best["valid_mse"],
-            epochs=cfg.epochs, wall_seconds=elapsed, images_per_second=images / max(seconds, 1e-9),
-            n_train=len(train_rows), n_valid=len(valid_rows), history=tuple(history), identity=identity,
+            fold=fold,
+            mse=mse(oof, truth),
+            best_epoch=best["epoch"],
+            best_valid_mse_no_tta=best["valid_mse"],
+            epochs=cfg.epochs,
+            wall_seconds=elapsed,
+            images_per_second=images / max(seconds, 1e-9),
+            n_train=len(train_rows),
+            n_valid=len(valid_rows),
+            history=tuple(history),
+            identity=identity,
             world_size=dist.world_size,
         )
         run.write_fold(fold, summary, oof, test)  # the summary last: its presence marks the fold finished

@@ -22,7 +22,7 @@ from kit.errors import DataError, KitError
 from kit.progress import Reporter, SilentReporter
 from kit.runs import Identity, RunDir, RunMetrics, SplitInfo
 from kit.train.distributed import barrier, init_distributed, select_device
-from kit.train.fold import FoldData, train_fold
+from kit.train.fold import FoldData, runtime_faults, train_fold
 from kit.train.signals import Interrupted, stop_on_signals
 
 
@@ -130,9 +130,12 @@ def fold_train(
                 reporter.message(f"fold {fold}: done, skipped")
                 continue
             if stop:
-                raise Interrupted(f"{stop.name} before fold {fold}: finished folds are kept; rerun the same command "
-                                  "to resume", stop.signum)
-            train_fold(pipeline, data, fold, run, identity, device, dist, reporter, stop)
+                raise Interrupted(
+                    f"{stop.name} before fold {fold}: finished folds are kept; rerun the same command to resume",
+                    stop.signum,
+                )
+            with runtime_faults(fold, pipeline):
+                train_fold(pipeline, data, fold, run, identity, device, dist, reporter, stop)
 
     if not dist.is_main:
         return None

@@ -4,6 +4,7 @@ a loopback Kaggle-compatible server on an ephemeral port (no root needed)."""
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from kit.cli import app
 from kit.data import landmarks
 from kit.data.landmarks import point_columns, read_test_points
 from kit.submit.format import write_submission
+from kit.submit.kaggle import EXIT_CODES, EXIT_INTERRUPTED, EXIT_MAYBE_SUBMITTED, EXIT_POLL_FAILED
 
 runner = CliRunner()
 N_POINTS, N_TEST, K = 6, 5, 3
@@ -49,9 +51,14 @@ def good_csv(data, tmp_path):
 @pytest.fixture
 def kaggle(monkeypatch, tmp_path):
     monkeypatch.setenv("COLUMNS", "200")
-    with KaggleServer() as state:
+    monkeypatch.setenv("KIT_KAGGLE_TIMEOUT", "2")  # the faults below must end in seconds, not minutes
+    monkeypatch.setenv("KIT_KAGGLE_BACKOFF", "0.01")
+    monkeypatch.delenv("KIT_KAGGLE_RETRIES", raising=False)
+    server = KaggleServer()
+    with server as state:
         route_client(monkeypatch, state, tmp_path)
         yield state
+    assert not server.alive, "the loopback server did not shut down"
 
 
 def _lines(path: Path) -> list[str]:
@@ -231,6 +238,208 @@ def test_submissions_lists_scores(kaggle: FakeKaggle, data, good_csv):
     result = runner.invoke(app, ["submissions", "--competition", "facial-landmarks"])
     assert result.exit_code == 0, result.output
     assert "4242" in result.output and "8.1234" in result.output and "blend v1" in result.output
+
+
+def _timed_submit(csv: Path, root: Path, *extra: str):
+    start = time.monotonic()
+    result = _submit(csv, root, *extra)
+    return result, time.monotonic() - start
+
+
+def _error_line(result) -> str:
+    """The one ``error:`` line on stderr (there must be exactly one, and no traceback)."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+# ---------------------------------------------------------------- Kaggle faults, built for real in the server
+
+
+def test_poll_502s_are_retried_with_notices(kaggle: FakeKaggle, data, good_csv):
+    root, _ = data
+    kaggle.fail_502["ListSubmissions"] = 2
+    result = _submit(good_csv, root)
+    assert result.exit_code == 0, result.output
+    assert "Kaggle: ListSubmissions failed (HTTP 502), retry 1/3 in 0.01 s" in result.stderr
+    assert "Kaggle: ListSubmissions failed (HTTP 502), retry 2/3 in 0.02 s" in result.stderr
+    assert "status: COMPLETE, public score 8.1234" in result.stdout
+    assert kaggle.count("POST CreateSubmission") == 1 and kaggle.count("POST ListSubmissions") == 3
+
+
+def test_polling_that_keeps_failing_exits_3_with_the_ref(kaggle: FakeKaggle, data, good_csv):
+    root, _ = data
+    kaggle.fail_502["ListSubmissions"] = 100
+    result, elapsed = _timed_submit(good_csv, root)
+    assert result.exit_code == EXIT_POLL_FAILED == 3, result.output
+    line = _error_line(result)
+    assert "submission 4242 to 'facial-landmarks' was created, but polling its status failed" in line
+    assert "HTTP 502" in line and "gave up after 4 tries" in line
+    assert "kit submissions --competition facial-landmarks" in line and "do not resubmit" in line
+    assert kaggle.count("POST ListSubmissions") == 4 and kaggle.count("POST CreateSubmission") == 1
+    assert elapsed < 5
+
+
+def test_wait_bounds_polling_against_a_hanging_server(kaggle: FakeKaggle, data, good_csv, monkeypatch):
+    root, _ = data
+    monkeypatch.setenv("KIT_KAGGLE_TIMEOUT", "30")  # --wait, not the per-call timeout, must end this
+    kaggle.hang.add("ListSubmissions")
+    result, elapsed = _timed_submit(good_csv, root, "--wait", "1.5")
+    assert result.exit_code == EXIT_POLL_FAILED, result.output
+    line = _error_line(result)
+    assert "submission 4242" in line and "Kaggle did not answer ListSubmissions within 1.5 s" in line
+    assert elapsed < 5
+
+
+def test_hanging_start_times_out_and_is_not_retried(kaggle: FakeKaggle, data, good_csv, monkeypatch):
+    root, _ = data
+    monkeypatch.setenv("KIT_KAGGLE_TIMEOUT", "1")
+    kaggle.hang.add("StartSubmissionUpload")
+    result, elapsed = _timed_submit(good_csv, root)
+    assert result.exit_code == 1, result.output
+    line = _error_line(result)
+    assert "Kaggle did not answer StartSubmissionUpload within 1 s" in line and "nothing was submitted" in line
+    assert kaggle.calls() == ["POST StartSubmissionUpload"]
+    assert elapsed < 4
+
+
+@pytest.mark.parametrize("fault", ["drop", "hang"])
+def test_failed_put_ends_at_once_with_one_line(kaggle: FakeKaggle, data, good_csv, monkeypatch, fault):
+    root, _ = data
+    monkeypatch.setenv("KIT_KAGGLE_TIMEOUT", "1")
+    getattr(kaggle, fault).add("PUT")
+    result, elapsed = _timed_submit(good_csv, root)
+    assert result.exit_code == 1, result.output
+    line = _error_line(result)
+    reason = "connection dropped" if fault == "drop" else "no answer within 1 s"
+    assert f"the PUT of the file failed ({reason})" in line and "nothing was submitted" in line
+    assert kaggle.calls() == ["POST StartSubmissionUpload", "PUT blob-1"]  # no hidden urllib3 retries
+    assert kaggle.created == [] and elapsed < 4
+
+
+def test_connection_lost_after_create_exits_4_and_checks_the_listing(kaggle: FakeKaggle, data, good_csv):
+    root, _ = data
+    kaggle.drop.add("CreateSubmission")
+    result, elapsed = _timed_submit(good_csv, root)
+    assert result.exit_code == EXIT_MAYBE_SUBMITTED == 4, result.output
+    line = _error_line(result)
+    assert "lost the answer to CreateSubmission for 'facial-landmarks' (connection dropped)" in line
+    assert "the submission may exist" in line and "Kaggle lists it as submission 4242 (COMPLETE" in line
+    assert "do not resubmit" in line and "kit submissions --competition facial-landmarks" in line
+    assert "cannot reach Kaggle" not in line
+    assert kaggle.calls()[2:] == ["POST CreateSubmission", "POST ListSubmissions"]  # one check, no retry
+    assert elapsed < 4
+
+
+def test_create_502_is_not_retried_and_says_it_may_exist(kaggle: FakeKaggle, data, good_csv):
+    root, _ = data
+    kaggle.fail_502["CreateSubmission"] = 1
+    result = _submit(good_csv, root)
+    assert result.exit_code == EXIT_MAYBE_SUBMITTED, result.output
+    line = _error_line(result)
+    assert "(HTTP 502): the submission may exist" in line and "not among the latest submissions yet" in line
+    assert kaggle.count("POST CreateSubmission") == 1 and kaggle.count("POST ListSubmissions") == 1
+
+
+def test_lost_create_with_a_failing_listing_still_exits_4(kaggle: FakeKaggle, data, good_csv):
+    root, _ = data
+    kaggle.drop.add("CreateSubmission")
+    kaggle.fail_502["ListSubmissions"] = 100
+    result = _submit(good_csv, root)
+    assert result.exit_code == EXIT_MAYBE_SUBMITTED, result.output
+    line = _error_line(result)
+    assert "may exist" in line and "listing submissions to check failed too (HTTP 502)" in line
+    assert kaggle.count("POST ListSubmissions") == 1 and "retry" not in result.stderr
+
+
+@pytest.mark.parametrize(("fails", "code"), [(2, 0), (100, 1)])
+def test_submissions_retries_502s_then_gives_up(kaggle: FakeKaggle, fails, code):
+    kaggle.fail_502["ListSubmissions"] = fails
+    start = time.monotonic()
+    result = runner.invoke(app, ["submissions", "--competition", "facial-landmarks", "--retries", "2"])
+    assert result.exit_code == code, result.output
+    assert "Kaggle: ListSubmissions failed (HTTP 502), retry 2/2 in 0.02 s" in result.stderr
+    if code:
+        assert "HTTP 502 from Kaggle while listing submissions" in _error_line(result)
+        assert "gave up after 3 tries" in result.stderr
+    else:
+        assert "no submissions to 'facial-landmarks'" in result.stdout
+    assert kaggle.count("POST ListSubmissions") == 3 and time.monotonic() - start < 4
+
+
+def test_hanging_listing_is_bounded(kaggle: FakeKaggle, monkeypatch):
+    monkeypatch.setenv("KIT_KAGGLE_TIMEOUT", "0.5")
+    kaggle.hang.add("ListSubmissions")
+    start = time.monotonic()
+    result = runner.invoke(app, ["submissions", "--competition", "facial-landmarks", "--retries", "1"])
+    assert result.exit_code == 1, result.output
+    assert "Kaggle: ListSubmissions failed (no answer within 0.5 s), retry 1/1" in result.stderr
+    assert "Kaggle did not answer ListSubmissions within 0.5 s" in _error_line(result)
+    assert time.monotonic() - start < 4
+
+
+def test_download_retries_a_502_on_the_call_and_on_the_file(kaggle: FakeKaggle, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("train/landmarks.csv", "file_name\tPoint_M0_X\tPoint_M0_Y\na.jpg\t1\t2\n")
+    kaggle.archive = buffer.getvalue()
+    kaggle.fail_502.update({"DownloadDataFiles": 1, "GET": 1})
+    out = tmp_path / "downloaded"
+    result = runner.invoke(app, ["download", "--competition", "facial-landmarks", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Kaggle: DownloadDataFiles failed (HTTP 502), retry 1/3" in result.stderr
+    assert "Kaggle: GET facial-landmarks.zip failed (HTTP 502), retry 2/3" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["train"]
+
+
+def test_ctrl_c_while_polling_names_the_ref_and_exits_130(kaggle: FakeKaggle, data, good_csv, monkeypatch):
+    import kit.submit.kaggle
+
+    def ctrl_c(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    root, _ = data
+    kaggle.pending_polls = 5
+    monkeypatch.setattr(kit.submit.kaggle, "_sleep", ctrl_c)
+    result = _submit(good_csv, root)
+    assert result.exit_code == EXIT_INTERRUPTED == 130, result.output
+    line = _error_line(result)
+    assert "interrupted: submission 4242 to 'facial-landmarks' was created; polling stopped" in line
+    assert "kit submissions --competition facial-landmarks" in line
+
+
+@pytest.mark.parametrize(
+    ("route", "says"),
+    [
+        ("StartSubmissionUpload", "before the file was uploaded to 'facial-landmarks': nothing was submitted"),
+        ("PUT", "no submission was created (nothing was submitted)"),
+        ("CreateSubmission", "kit submissions --competition facial-landmarks"),
+    ],
+)
+def test_ctrl_c_during_the_upload_says_what_was_left(kaggle: FakeKaggle, data, good_csv, route, says):
+    root, _ = data
+    kaggle.interrupt.add(route)  # a real SIGINT-like interrupt of the client's main thread
+    result = _submit(good_csv, root)
+    assert result.exit_code == EXIT_INTERRUPTED, result.output
+    line = _error_line(result)
+    assert line.startswith("error: interrupted") and says in line
+    if route != "CreateSubmission":
+        assert kaggle.created == []
+
+
+def test_bad_timeout_setting_is_a_one_line_error(kaggle: FakeKaggle, monkeypatch):
+    monkeypatch.setenv("KIT_KAGGLE_TIMEOUT", "soon")
+    result = runner.invoke(app, ["submissions", "--competition", "facial-landmarks"])
+    assert result.exit_code == 1 and "KIT_KAGGLE_TIMEOUT must be a number" in _error_line(result)
+    assert kaggle.requests == []
+
+
+def test_submit_help_documents_the_exit_codes(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    result = runner.invoke(app, ["submit", "--help"])
+    text = " ".join(result.output.split())
+    for code, meaning in EXIT_CODES.items():
+        assert f"{code}: {meaning}" in text
 
 
 def test_download_unpacks_the_archive(kaggle: FakeKaggle, tmp_path):

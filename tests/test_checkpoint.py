@@ -1,0 +1,75 @@
+"""Checkpoint writes: torch's multi-line error for a failed write becomes one line naming the file."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+import pytest
+import torch
+
+from kit import checkpoint
+from kit.checkpoint import load_checkpoint, save_checkpoint
+from kit.errors import KitError
+
+# What torch.save raises on a full disk (measured on a 2 MB tmpfs, torch 2.x).
+TORCH_FULL_DISK = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
+
+
+def _usage(free: int):
+    return shutil._ntuple_diskusage(total=10**12, used=10**12 - free, free=free)
+
+
+def _failing_save(message: str, written: int = 100):
+    def save(state, path):
+        with open(path, "wb") as f:
+            f.write(b"\0" * written)
+        raise RuntimeError(message)
+
+    return save
+
+
+@pytest.fixture
+def state():
+    return {"model": {"w": torch.zeros(1_000_000)}, "epoch": 3}  # 4 MB of tensors
+
+
+def test_round_trip(tmp_path, state):
+    save_checkpoint(tmp_path / "last.pt", state)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, state):
+    path = tmp_path / "runs" / "x" / "fold0" / "last.pt"
+    save_checkpoint(path, {"epoch": 2})
+    monkeypatch.setattr(torch, "save", _failing_save(TORCH_FULL_DISK))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: _usage(50_000))
+    with pytest.raises(KitError) as caught:
+        save_checkpoint(path, state)
+    assert str(caught.value) == f"{path}: no space left on device (needed ~4.0 MB, free 50.0 kB)"
+    assert load_checkpoint(path)["epoch"] == 2 and os.listdir(path.parent) == ["last.pt"]
+
+
+def test_file_write_failed_on_a_read_only_folder(tmp_path, monkeypatch, state):
+    monkeypatch.setattr(torch, "save", _failing_save("PytorchStreamWriter failed writing file data/0: file write failed"))
+    monkeypatch.setattr(checkpoint, "_write_errno", lambda tmp, needed: errno.EROFS)
+    with pytest.raises(KitError, match=r"best\.pt: read-only file system$"):
+        save_checkpoint(tmp_path / "best.pt", state)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_write_failure_of_unknown_cause_is_still_one_line(tmp_path, monkeypatch, state):
+    monkeypatch.setattr(torch, "save", _failing_save(f"{TORCH_FULL_DISK}\nframe #0: c10::Error ...\nframe #1: ..."))
+    with pytest.raises(KitError) as caught:
+        save_checkpoint(tmp_path / "last.pt", state)  # plenty of space, writable: the cause is unknown
+    assert str(caught.value) == f"{tmp_path / 'last.pt'}: cannot write the checkpoint ({TORCH_FULL_DISK})"
+    assert os.listdir(tmp_path) == []
+
+
+def test_other_runtime_errors_propagate(tmp_path, monkeypatch, state):
+    monkeypatch.setattr(torch, "save", _failing_save("cannot pickle 'generator' object"))
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        save_checkpoint(tmp_path / "last.pt", state)
+    assert os.listdir(tmp_path) == []
