@@ -510,7 +510,6 @@ class RunDir:
         Returns:
             The run's metrics, or None while some folds are not finished.
         """
-        from kit.metrics import mse
 
         k = int(folds.max()) + 1
         identity = Identity.of(pipeline, split)
@@ -530,6 +529,28 @@ class RunDir:
             tests.append(np.asarray(fold_test))
         test = np.mean(tests, axis=0).astype(np.float32)
         started = time.perf_counter()
+        with self._assembly_lock():
+            return self._write_run(
+                pipeline, split, identity, truth, oof, test, summaries, lineage, source_oof_mse, report, warn, started
+            )
+
+    @contextlib.contextmanager
+    def _assembly_lock(self) -> Iterator[None]:
+        """One assembler at a time; temp files a killed assembler left in the run folder are removed."""
+        lock = self.path / LOCK_FILE
+        acquire_lock(lock, "the run")
+        try:
+            for leftover in self.path.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
+            yield
+        finally:
+            release_lock(lock)
+
+    def _write_run(
+        self, pipeline, split, identity, truth, oof, test, summaries, lineage, source_oof_mse, report, warn, started
+    ) -> RunMetrics:
+        from kit.metrics import mse
+
         save_npy(self.path / OOF_FILE, oof)
         save_npy(self.path / TEST_FILE, test)
         if report is not None:
@@ -571,6 +592,10 @@ def new_run_dir(target: RunDir, force: bool) -> Iterator[RunDir]:
             raise KitError(f"{target.path}: exists (choose another name, or --force to replace it)")
         if not target.is_run():
             raise KitError(f"{target.path}: exists and is not a kit run; not replacing it")
+    for leftover in target.path.parent.glob(f".{target.name}.*"):  # staging folders of killed processes
+        pid = leftover.name.rsplit(".", 1)[-1].removeprefix("tmp").removeprefix("old")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
     staging = target.path.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

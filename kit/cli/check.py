@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import WorkspaceOption, console, echo, echo_workspace, handle_errors, progress_bar
+from kit.cli._common import MaxPixelsOption, WorkspaceOption, console, echo, echo_workspace, handle_errors, progress_bar
 
 
 @handle_errors
@@ -15,6 +15,7 @@ def check(
     data_dir: Annotated[Path, typer.Argument(help="Competition folder (train/, test/).")],
     decode: Annotated[bool, typer.Option(help="Decode every image (slower, catches corrupt files).")] = True,
     workspace: WorkspaceOption = None,
+    max_pixels: MaxPixelsOption = None,
 ) -> None:
     """Validate tables and images; derive and store the left/right flip permutation."""
     from kit.data.check import check_competition
@@ -24,7 +25,7 @@ def check(
     echo_workspace(comp)
     total = len(comp.train) + len(comp.test)
     with progress_bar(total, "images") as advance:
-        summary = check_competition(comp, decode=decode, progress=advance)
+        summary = check_competition(comp, decode=decode, progress=advance, max_pixels=max_pixels)
     for line in summary.lines():
         echo(line)
     console.print("[green]ok[/green]")

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import signal
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from kit.data.competition import FLIP_FILE, Competition
 from kit.data.flip import derive_flip_permutation, load_permutation, save_permutation
-from kit.data.images import load_image, read_image_size
+from kit.data.images import load_image, max_image_pixels, read_image_size
 from kit.errors import DataError
+
+_POOL_MIN_IMAGES = 1000  # fewer images decode faster here than worker processes start
+_POOL_CHUNK = 64  # images per worker-process task
+_WORST_ROWS = 5  # rows named in the summary
 
 
 @dataclass
@@ -28,6 +35,9 @@ class CheckSummary:
     min_size: tuple[int, int]  # (height, width) of the smallest image by area
     max_size: tuple[int, int]
     points_outside: float  # fraction of training points outside their image
+    n_points_outside: int  # training points outside their image
+    n_rows_outside: int  # training rows with at least one point outside
+    worst_rows: tuple[tuple[str, int, float], ...]  # (file name, points outside, farthest in px), worst first
     flip_derived: bool
     flip_note: str  # where the permutation was stored, or why none was derived
     flip_matches_private: bool | None  # None when the folder has no private permutation
@@ -39,8 +49,8 @@ class CheckSummary:
             flip += "; matches private/flip_permutation.txt" if self.flip_matches_private else "; DIFFERS from private"
         lines = [
             f"competition  {self.root}",
-            f"train        {self.n_train} images, {self.n_points} points each "
-            f"({100 * self.points_outside:.2f}% of points outside the image)",
+            f"train        {self.n_train} images, {self.n_points} points each",
+            f"outside      {self._outside()}",
             f"test         {self.n_test} images, {self.n_requested} requested points each",
             f"image sizes  {self.min_size[0]}x{self.min_size[1]} to {self.max_size[0]}x{self.max_size[1]} (HxW)",
             f"flip         {flip}",
@@ -49,21 +59,67 @@ class CheckSummary:
             lines.append("private      test answers present (kit score works)")
         return lines
 
+    def _outside(self) -> str:
+        total = self.n_train * self.n_points
+        if not self.n_points_outside:
+            return f"no training point is outside its image (of {total})"
+        worst = ", ".join(f"{name} ({count} points, up to {far:.0f} px)" for name, count, far in self.worst_rows)
+        return (
+            f"{self.n_points_outside} of {total} training points ({100 * self.points_outside:.2f}%) in "
+            f"{self.n_rows_outside} of {self.n_train} rows are outside their image; worst rows: {worst}"
+        )
 
-def _image_sizes(paths: list[Path], decode: bool, progress: Callable[[int], None] | None) -> np.ndarray:
-    reader = (lambda p: load_image(p).shape[:2]) if decode else read_image_size
-    workers = min(8, os.cpu_count() or 1)
+
+def _decoded_size(path: Path, max_pixels: int) -> tuple[int, int]:
+    return load_image(path, max_pixels=max_pixels, strict=True).shape[:2]
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the pool
+
+
+def _fill(sizes: np.ndarray, results: Iterable[tuple[int, int]], progress: Callable[[int], None] | None) -> None:
+    for i, size in enumerate(results):
+        sizes[i] = size
+        if progress:
+            progress(1)
+
+
+def _image_sizes(
+    paths: list[Path], decode: bool, max_pixels: int, progress: Callable[[int], None] | None
+) -> np.ndarray:
+    """(N, 2) (height, width) of every image, from headers or (``decode``) by strict decoding."""
     sizes = np.empty((len(paths), 2), dtype=np.int64)
-    with ThreadPoolExecutor(workers) as pool:  # cv2 decoding releases the GIL
-        for i, size in enumerate(pool.map(reader, paths)):
-            sizes[i] = size
-            if progress:
-                progress(1)
+    if not decode:
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            _fill(sizes, pool.map(partial(read_image_size, max_pixels=max_pixels), paths), progress)
+    elif len(paths) < _POOL_MIN_IMAGES:
+        _fill(sizes, (_decoded_size(path, max_pixels) for path in paths), progress)
+    else:
+        # A strict decode captures its process's stderr, so each worker process decodes one image at a time.
+        context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
+        pool = ProcessPoolExecutor(min(16, os.cpu_count() or 1), mp_context=context, initializer=_ignore_sigint)
+        try:
+            decoded = pool.map(partial(_decoded_size, max_pixels=max_pixels), paths, chunksize=_POOL_CHUNK)
+            _fill(sizes, decoded, progress)
+        finally:
+            pool.shutdown(cancel_futures=True)
     return sizes
 
 
+def _points_outside(points: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: how many points lie outside the (height, width) image, and how far the farthest is (px)."""
+    h, w = sizes[:, 0, None], sizes[:, 1, None]
+    x, y = points[..., 0], points[..., 1]
+    distance = np.maximum.reduce([-x, x - (w - 1), -y, y - (h - 1)])
+    return (distance > 0).sum(axis=1), distance.max(axis=1, initial=0.0)
+
+
 def check_competition(
-    root: str | Path | Competition, decode: bool = True, progress: Callable[[int], None] | None = None
+    root: str | Path | Competition,
+    decode: bool = True,
+    progress: Callable[[int], None] | None = None,
+    max_pixels: int | None = None,
 ) -> CheckSummary:
     """Validate every table and image of a competition folder, derive and store the flip permutation.
 
@@ -72,8 +128,11 @@ def check_competition(
 
     Args:
         root: the competition folder, or an already loaded ``Competition``.
-        decode: decode every image (catches corrupt files) instead of reading headers only.
+        decode: decode every image instead of reading headers only: catches corrupt files, including JPEGs
+            whose damaged data the decoder would repair with only a warning.
         progress: called with 1 after each image.
+        max_pixels: the largest image accepted (width x height), checked on the header before any decode;
+            default ``kit.data.images.max_image_pixels()``.
 
     Raises:
         DataError: the first problem found, naming the file and row.
@@ -86,12 +145,13 @@ def check_competition(
     has_private = comp.private_csv.is_file()
     if has_private:
         comp.private_answers()
-    train_sizes = _image_sizes(comp.train_paths(), decode, progress)
-    test_sizes = _image_sizes(comp.test_paths(), decode, progress)
+    max_pixels = max_image_pixels() if max_pixels is None else max_pixels
+    train_sizes = _image_sizes(comp.train_paths(), decode, max_pixels, progress)
+    test_sizes = _image_sizes(comp.test_paths(), decode, max_pixels, progress)
 
-    points = np.asarray(train.points)
-    h, w = train_sizes[:, 0, None], train_sizes[:, 1, None]
-    outside = (points[..., 0] < 0) | (points[..., 0] > w - 1) | (points[..., 1] < 0) | (points[..., 1] > h - 1)
+    points = np.asarray(train.points, dtype=np.float64)
+    counts, farthest = _points_outside(points, train_sizes)
+    worst = np.lexsort((-farthest, -counts))[: min(_WORST_ROWS, int((counts > 0).sum()))]
 
     matches = None
     try:
@@ -116,7 +176,10 @@ def check_competition(
         n_requested=test.indices.shape[1],
         min_size=tuple(int(v) for v in sizes[area.argmin()]),
         max_size=tuple(int(v) for v in sizes[area.argmax()]),
-        points_outside=float(outside.mean()),
+        points_outside=float(counts.sum() / points[..., 0].size),
+        n_points_outside=int(counts.sum()),
+        n_rows_outside=int((counts > 0).sum()),
+        worst_rows=tuple((str(train.file_names[i]), int(counts[i]), float(farthest[i])) for i in worst),
         flip_derived=derived,
         flip_note=note,
         flip_matches_private=matches,

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 
 from kit.checkpoint import load_checkpoint, save_checkpoint
 from kit.config import Pipeline
-from kit.errors import KitError
 from kit.data.dataset import CropDataset, RawCropBatches, keep_batch
 from kit.data.gpu_augment import make_batch_transform
 from kit.data.prepare import CropCache
+from kit.errors import KitError
 from kit.metrics import mse
 from kit.models import create_model
 from kit.models.base import LandmarkModel
