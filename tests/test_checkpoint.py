@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from kit import checkpoint
 from kit.checkpoint import load_checkpoint, save_checkpoint
 from kit.errors import KitError
 
@@ -52,9 +51,17 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monke
     assert load_checkpoint(path)["epoch"] == 2 and os.listdir(path.parent) == ["last.pt"]
 
 
-def test_file_write_failed_on_a_read_only_folder(tmp_path, monkeypatch, state):
-    monkeypatch.setattr(torch, "save", _failing_save("PytorchStreamWriter failed writing file data/0: file write failed"))
-    monkeypatch.setattr(checkpoint, "_write_errno", lambda tmp, needed: errno.EROFS)
+def test_file_write_failed_on_a_read_only_file_system(tmp_path, monkeypatch, state):
+    real_statvfs = os.statvfs
+
+    def read_only_statvfs(path):
+        st = real_statvfs(path)
+        fields = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail")
+        return SimpleNamespace(**{f: getattr(st, f) for f in fields}, f_flag=st.f_flag | os.ST_RDONLY)
+
+    failed = "PytorchStreamWriter failed writing file data/0: file write failed"
+    monkeypatch.setattr(torch, "save", _failing_save(failed))
+    monkeypatch.setattr(os, "statvfs", read_only_statvfs)
     with pytest.raises(KitError, match=r"best\.pt: read-only file system$"):
         save_checkpoint(tmp_path / "best.pt", state)
     assert os.listdir(tmp_path) == []

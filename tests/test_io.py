@@ -35,7 +35,13 @@ def _enospc(*args, **kwargs):
 
 
 def test_format_bytes():
-    assert [format_bytes(n) for n in (0, 999, 1000, 2_500_000, 3 * 10**9)] == ["0 B", "999 B", "1.0 kB", "2.5 MB", "3.0 GB"]
+    assert [format_bytes(n) for n in (0, 999, 1000, 2_500_000, 3 * 10**9)] == [
+        "0 B",
+        "999 B",
+        "1.0 kB",
+        "2.5 MB",
+        "3.0 GB",
+    ]
 
 
 def test_free_bytes_of_a_path_not_created_yet(tmp_path):

@@ -32,7 +32,10 @@ WorkspaceOption = Annotated[
 
 
 def handle_errors(func: Callable) -> Callable:
-    """Turn a KitError into ``error: <message>`` on stderr and exit code 1 (no traceback)."""
+    """Turn a KitError into ``error: <message>`` on stderr and its ``exit_code`` (default 1), no traceback.
+
+    An ``Interrupted`` (a signal, after saving what resumes the work) prints ``interrupted: <message>``.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -44,7 +47,7 @@ def handle_errors(func: Callable) -> Callable:
         except KitError as exc:
             # The message is data (it may hold "[...]"): escape it so rich prints it verbatim, on one line.
             err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(getattr(exc, "exit_code", 1)) from None
 
     return wrapper
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import MaxPixelsOption, WorkspaceOption, console, echo, echo_workspace, handle_errors, progress_bar
+from kit.cli._common import WorkspaceOption, console, echo, echo_workspace, handle_errors, progress_bar
 
 
 @handle_errors
@@ -15,7 +15,10 @@ def check(
     data_dir: Annotated[Path, typer.Argument(help="Competition folder (train/, test/).")],
     decode: Annotated[bool, typer.Option(help="Decode every image (slower, catches corrupt files).")] = True,
     workspace: WorkspaceOption = None,
-    max_pixels: MaxPixelsOption = None,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(min=1, help="Largest image accepted, width x height. Default: $KIT_MAX_IMAGE_PIXELS, else 50e6."),
+    ] = None,
 ) -> None:
     """Validate tables and images; derive and store the left/right flip permutation."""
     from kit.data.check import check_competition

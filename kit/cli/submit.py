@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from kit.cli._common import console, err_console, handle_errors
-from kit.errors import KitError
 from kit.submit.kaggle import EXIT_CODES, RETRIES_ENV, TIMEOUT_ENV, Network  # cheap: kit.cli already loads kit.submit
 
 Competition = Annotated[str, typer.Option("--competition", help="Kaggle competition slug.")]
@@ -28,23 +24,6 @@ Retries = Annotated[
     ),
 ]
 EXIT_HELP = "Exit codes: " + "; ".join(f"{code}: {text}" for code, text in EXIT_CODES.items()) + "."
-
-
-def _exit_codes(func: Callable) -> Callable:
-    """A KitError carrying its own ``exit_code`` (other than 1) ends as ``error: <message>`` with that code."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except KitError as exc:
-            code = getattr(exc, "exit_code", 1)
-            if code == 1:
-                raise
-            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code) from None
-
-    return wrapper
 
 
 def _network(timeout: float | None, retries: int | None) -> Network:
@@ -67,7 +46,6 @@ def validate(
 
 
 @handle_errors
-@_exit_codes
 def submit(
     file: Annotated[Path, typer.Argument(help="Submission CSV.")],
     competition: Competition,

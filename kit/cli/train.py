@@ -90,17 +90,24 @@ def prepare(
     margin: Annotated[float, typer.Option(help="Crop margin (fraction of the shorter side, each side).")] = 0.0,
     pad: Annotated[int, typer.Option(help="Border kept around the crop for augmentation, pixels.")] = 16,
     workspace: WorkspaceOption = None,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(min=1, help="Largest image accepted, width x height. Default: $KIT_MAX_IMAGE_PIXELS, else 50e6."),
+    ] = None,
 ) -> None:
     """Build the uint8 crop cache that training reads instead of JPEGs."""
     from kit.data.competition import Competition
+    from kit.data.images import max_image_pixels, pixel_limit
     from kit.data.prepare import prepare_crops
 
     comp = Competition.load(data_dir, workspace=workspace)
     echo_workspace(comp)
-    for split, count in (("train", len(comp.train)), ("test", len(comp.test))):
-        with progress_bar(count, f"crops {split}") as advance:
-            cache = prepare_crops(comp, split, size, margin, pad, progress=advance)
-        console.print(f"{split}: {count} crops of {cache.side}x{cache.side} in {cache.path}", highlight=False)
+    with pixel_limit(max_pixels):  # the decoding threads read the limit from the environment
+        max_image_pixels()  # a malformed $KIT_MAX_IMAGE_PIXELS fails before any work
+        for split, count in (("train", len(comp.train)), ("test", len(comp.test))):
+            with progress_bar(count, f"crops {split}") as advance:
+                cache = prepare_crops(comp, split, size, margin, pad, progress=advance)
+            console.print(f"{split}: {count} crops of {cache.side}x{cache.side} in {cache.path}", highlight=False)
 
 
 class WeightPackage(str, Enum):

@@ -37,7 +37,7 @@ class CheckSummary:
     points_outside: float  # fraction of training points outside their image
     n_points_outside: int  # training points outside their image
     n_rows_outside: int  # training rows with at least one point outside
-    worst_rows: tuple[tuple[str, int, float], ...]  # (file name, points outside, farthest in px), worst first
+    worst_rows: tuple[tuple[str, int, float], ...]  # (file name, points outside, farthest in px), farthest first
     flip_derived: bool
     flip_note: str  # where the permutation was stored, or why none was derived
     flip_matches_private: bool | None  # None when the folder has no private permutation
@@ -62,8 +62,11 @@ class CheckSummary:
     def _outside(self) -> str:
         total = self.n_train * self.n_points
         if not self.n_points_outside:
-            return f"no training point is outside its image (of {total})"
-        worst = ", ".join(f"{name} ({count} points, up to {far:.0f} px)" for name, count, far in self.worst_rows)
+            return f"none of the {total} training points is outside its image"
+        worst = ", ".join(
+            f"{name} ({count} point{'s' if count > 1 else ''}, up to {far:.0f} px out)"
+            for name, count, far in self.worst_rows
+        )
         return (
             f"{self.n_points_outside} of {total} training points ({100 * self.points_outside:.2f}%) in "
             f"{self.n_rows_outside} of {self.n_train} rows are outside their image; worst rows: {worst}"
@@ -151,7 +154,7 @@ def check_competition(
 
     points = np.asarray(train.points, dtype=np.float64)
     counts, farthest = _points_outside(points, train_sizes)
-    worst = np.lexsort((-farthest, -counts))[: min(_WORST_ROWS, int((counts > 0).sum()))]
+    worst = np.lexsort((-counts, -farthest))[: min(_WORST_ROWS, int((counts > 0).sum()))]
 
     matches = None
     try:

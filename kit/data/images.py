@@ -173,7 +173,9 @@ def _pil_size(path: Path, source: BinaryIO, failure: str = "cannot read image he
     try:
         with Image.open(source) as image:
             width, height = image.size
-            return width, height, image.getexif().get(0x0112, 1)
+            # PIL decodes a whole PNG to look for EXIF after the pixel data: read only what precedes it.
+            header_only = image.format == "PNG" and "exif" not in image.info
+            return width, height, 1 if header_only else image.getexif().get(0x0112, 1)
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: image too large ({exc})") from None
     except Exception as exc:  # PIL raises many types for a bad header

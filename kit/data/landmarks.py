@@ -385,7 +385,7 @@ def read_test_points(path: str | Path, n_points: int) -> TestPoints:
     """Read and validate ``test_points.csv`` (TAB-separated ``file_name``, ``point_index_list``).
 
     ``point_index_list`` is a list literal such as ``[5, 17, 250]``. Every row must list the same number of
-    indices, each in ``[0, n_points)``.
+    distinct indices, each in ``[0, n_points)``.
 
     Raises:
         DataError: naming the file and the line or column at fault.
@@ -441,6 +441,12 @@ def read_test_points(path: str | Path, n_points: int) -> TestPoints:
         raise DataError(
             f"{path}: line {lines[row]}, column '{INDEX_LIST_COLUMN}': point index {value} out of range [0, {n_points})"
         )
+    ordered = np.sort(indices, axis=1)
+    repeated = ordered[:, 1:] == ordered[:, :-1]
+    if repeated.any():
+        row = int(np.flatnonzero(repeated.any(axis=1))[0])
+        value = int(ordered[row, 1:][repeated[row]][0])
+        raise DataError(f"{path}: line {lines[row]}, column '{INDEX_LIST_COLUMN}': point index {value} listed twice")
     file_names = np.array(names, dtype=str)
     if pd.Series(file_names).duplicated().any():
         _raise_duplicate(path)

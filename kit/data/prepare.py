@@ -271,7 +271,13 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 
 
 def _write_crops(
-    file: Path, paths: list[Path], size: int, margin: float, pad: int, progress, workers: int | None
+    file: Path,
+    paths: list[Path],
+    size: int,
+    margin: float,
+    pad: int,
+    progress: Callable[[int], None] | None,
+    workers: int | None,
 ) -> np.ndarray:
     """Crop every image into ``file`` (an ``.npy`` of (N, S, S, 3) uint8) with plain writes; return the transforms."""
     side = size + 2 * pad

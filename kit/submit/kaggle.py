@@ -21,6 +21,7 @@ import functools
 import importlib.util
 import io
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -340,7 +341,7 @@ def _http_error(
 ) -> KaggleError:
     response = getattr(exc, "response", None)
     code = getattr(response, "status_code", None)
-    detail = _scrub(_one_line(str(exc)), secrets)
+    detail = re.sub(r" for url: \S+", "", _scrub(_one_line(str(exc)), secrets))  # requests' own text names the URL
     reason, transient = _reason(exc, guard.timeout_s)
     call = guard.calls[-1].name if guard.calls else None
     facts = {"reason": reason, "transient": transient, "call": call}
@@ -551,7 +552,9 @@ def _put_failure(
         reason, what = "upload failed", f"the client said: {_scrub(_one_line(lines[-1]), secrets)}" if lines else ""
     what = f"; {what}" if what else ""
     return UploadError(
-        f"upload of {path} to '{competition}' failed: {text} (nothing was submitted){what}", reason=reason, call="PUT"
+        f"upload of {path} to '{competition}' failed: {text} (nothing was submitted; safe to run again){what}",
+        reason=reason,
+        call="PUT",
     )
 
 
@@ -564,9 +567,9 @@ def _create_failure(
         return _http_error(
             exc, "starting the upload", competition, secrets, guard, " (nothing was submitted; safe to run again)"
         )
-    if create.status is not None and create.status < 500:  # refused: nothing was created
-        return _http_error(exc, "creating the submission", competition, secrets, guard, " (nothing was submitted)")
     reason, _ = _reason(exc, guard.timeout_s)
+    if (create.status is not None and create.status < 500) or reason == "cannot connect":  # refused, or never sent
+        return _http_error(exc, "creating the submission", competition, secrets, guard, " (nothing was submitted)")
     finding = _find_created(competition, message, path.name, started, guard.timeout_s)
     return MaybeSubmittedError(
         f"lost the answer to CreateSubmission for '{competition}' ({reason}): the submission may exist; {finding}",
@@ -633,8 +636,11 @@ def submit_file(
     from kit.submit.format import validate_submission
 
     path = Path(path)
-    values = validate_submission(path, test)
-    checked = SubmitResult(path=path, rows=values.shape[0], points=values.shape[1], sha256=file_sha256(path))
+    try:
+        values = validate_submission(path, test)
+        checked = SubmitResult(path=path, rows=values.shape[0], points=values.shape[1], sha256=file_sha256(path))
+    except KeyboardInterrupt:
+        raise SubmitInterrupted(f"interrupted while validating {path}: nothing was submitted") from None
     log(f"valid: {path}: {checked.rows} rows x {checked.points} points, sha256 {checked.sha256[:12]}")
     if dry_run:
         log(f"dry run: nothing uploaded to '{competition}'")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from test_images import bomb_png, corrupt_jpeg, hostile_png
 from typer.testing import CliRunner
 
+import kit.data.check as check_module
 from kit.cli import app
+from kit.data.flip import load_permutation
 from kit.data.landmarks import read_test_points
 from kit.submit.format import write_submission
 
@@ -54,7 +58,7 @@ def test_check_valid_competition_prints_summary(make_competition):
 
 
 def test_check_reports_a_layout_without_mirror_symmetry(make_competition):
-    comp = make_competition(n_train=8, private=False)
+    comp = make_competition(n_train=8, n_points=40, private=False)  # random 12-point layouts often pass as symmetric
     rng = np.random.default_rng(1)
     points = rng.integers(0, 40, comp.train_points.shape)
     for row, values in enumerate(points, start=2):
@@ -160,6 +164,24 @@ CORRUPTIONS = [
         lambda c: c.test_image(1).write_bytes(c.test_image(1).read_bytes()[:400]),
         "test/images/00007.jpg",
         "truncated JPEG",
+    ),
+    (
+        "header declaring a 60000x60000 image (a 68-byte PNG)",
+        lambda c: c.train_image(1).write_bytes(hostile_png(60000, 60000)),
+        "train/images/00001.jpg",
+        "image declares 60000x60000 pixels (3600.0 megapixels), over the limit of 50 megapixels",
+    ),
+    (
+        "corrupt JPEG data behind an intact end marker",
+        lambda c: c.test_image(2).write_bytes(corrupt_jpeg()),
+        "test/images/00008.jpg",
+        "corrupt image data (decoder: Corrupt JPEG data: premature end of data segment)",
+    ),
+    (
+        "point index listed twice",
+        lambda c: edit_line(c.test_csv, 3, set_field(1, "[1, 2, 1, 3]")),
+        "test_points.csv",
+        "line 3, column 'point_index_list': point index 1 listed twice",
     ),
     (
         "malformed index list",
@@ -298,3 +320,112 @@ def test_score_rejects_a_malformed_submission(make_competition, tmp_path):
     result = kit("score", path, "--data", comp.root)
     assert result.exit_code == 1
     assert "sub.csv: line 3" in error_line(result)
+
+
+def watch_decoding(monkeypatch) -> list[bytes]:
+    """Record the first bytes of every buffer OpenCV decodes from now on."""
+    seen = []
+    real = cv2.imdecode
+
+    def imdecode(buffer, flags):
+        seen.append(bytes(buffer[:8]))
+        return real(buffer, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    return seen
+
+
+@pytest.mark.parametrize("decode", ["--decode", "--no-decode"])
+def test_check_refuses_huge_images_from_their_header(make_competition, monkeypatch, decode):
+    comp = make_competition(n_train=6, n_test=3, n_points=12, n_requested=4)
+    comp.train_image(3).write_bytes(bomb_png(20000))  # a real, valid 400-megapixel PNG of about 400 kB
+    decoded = watch_decoding(monkeypatch)
+    result = kit("check", comp.root, decode)
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert f"{comp.train_image(3)}: image declares 20000x20000 pixels (400.0 megapixels)" in line, line
+    assert "Traceback" not in result.output
+    assert not any(head.startswith(b"\x89PNG") for head in decoded)  # the big one never reached the decoder
+    assert len(decoded) == (3 if decode == "--decode" else 0)
+
+
+def test_pixel_limit_from_option_and_environment(make_competition, monkeypatch):
+    comp = make_competition(n_train=6, n_test=3, n_points=12, n_requested=4)  # 40x48 images: 1920 pixels
+    assert kit("check", comp.root, "--max-pixels", 1920).exit_code == 0
+    result = kit("check", comp.root, "--max-pixels", 1919)
+    assert result.exit_code == 1
+    assert f"{comp.train_image(0)}: image declares 48x40 pixels" in error_line(result)
+    monkeypatch.setenv("KIT_MAX_IMAGE_PIXELS", "1000")
+    for args in (["check", comp.root], ["check", comp.root, "--no-decode"], ["prepare", comp.root]):
+        result = kit(*args)
+        assert result.exit_code == 1, args
+        assert f"{comp.train_image(0)}: image declares 48x40 pixels" in error_line(result)
+    assert kit("check", comp.root, "--max-pixels", 2000).exit_code == 0  # the option wins
+    monkeypatch.setenv("KIT_MAX_IMAGE_PIXELS", "lots")
+    for args in (["check", comp.root], ["prepare", comp.root]):
+        result = kit(*args)
+        assert result.exit_code == 1
+        assert "KIT_MAX_IMAGE_PIXELS='lots': expected a positive whole number of pixels" in error_line(result)
+
+
+def test_prepare_names_a_hostile_image(make_competition):
+    comp = make_competition(n_train=6, n_test=3, n_points=12, n_requested=4)
+    comp.train_image(2).write_bytes(hostile_png(60000, 60000))
+    result = kit("prepare", comp.root, "--size", 16, "--pad", 2)
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert f"{comp.train_image(2)}: image declares 60000x60000 pixels (3600.0 megapixels)" in line, line
+    assert "Traceback" not in result.output
+    result = kit("prepare", comp.root, "--size", 16, "--pad", 2, "--max-pixels", 1000)
+    assert f"{comp.train_image(0)}: image declares 48x40 pixels" in error_line(result)
+
+
+def test_check_decodes_in_worker_processes_for_many_images(make_competition, monkeypatch):
+    monkeypatch.setattr(check_module, "_POOL_MIN_IMAGES", 2)
+    monkeypatch.setattr(check_module, "_POOL_CHUNK", 2)
+    comp = make_competition(n_train=6, n_test=3, n_points=12, n_requested=4)
+    result = kit("check", comp.root)
+    assert result.exit_code == 0, result.stderr
+    assert "40x48 to 40x48 (HxW)" in result.stdout
+    comp.train_image(4).write_bytes(corrupt_jpeg(seed=1))
+    result = kit("check", comp.root)
+    assert result.exit_code == 1
+    assert f"{comp.train_image(4)}: corrupt image data (decoder: Corrupt JPEG data" in error_line(result)
+
+
+def test_check_counts_and_names_points_outside(make_competition):
+    comp = make_competition(n_train=6, n_test=3, n_points=12, n_requested=4)  # points inside 40x48 images
+    result = kit("check", comp.root)
+    assert "outside      none of the 72 training points is outside its image" in result.stdout
+    edit_line(comp.train_csv, 3, lambda f: [f[0], "-5000", *f[2:5], "-5000", *f[6:9], "-4990", *f[10:]])
+    edit_line(comp.train_csv, 6, set_field(2, "100"))  # y of point 0: 61 px below the last row
+    edit_line(comp.train_csv, 7, set_field(3, "48"))  # x of point 1: just past the last column
+    result = kit("check", comp.root)
+    assert result.exit_code == 0, result.stderr
+    assert (
+        "outside      5 of 72 training points (6.94%) in 3 of 6 rows are outside their image; worst rows: "
+        "00001.jpg (3 points, up to 5000 px out), 00004.jpg (1 point, up to 61 px out), "
+        "00005.jpg (1 point, up to 1 px out)"
+    ) in result.stdout
+
+
+def test_check_on_synth_with_two_wild_rows(tmp_path):
+    from kit.synth import generate_competition
+
+    root = tmp_path / "synth"
+    generate_competition(root, n_train=60, n_test=5, seed=4)
+    wild = {3: range(0, 40, 2), 41: range(500, 520)}  # row -> the 20 points whose x becomes -5000
+    path = root / "train" / "landmarks.csv"
+    for row, points in wild.items():
+        for point in points:
+            edit_line(path, row + 2, set_field(1 + 2 * point, "-5000"))
+    result = kit("check", root)
+    assert result.exit_code == 0, result.stderr
+    assert "matches private/flip_permutation.txt" in result.stdout, result.stdout
+    truth = load_permutation(root / "private" / "flip_permutation.txt", 971)
+    np.testing.assert_array_equal(load_permutation(root / "flip_permutation.txt", 971), truth)
+    names = pd.read_csv(path, sep="\t", usecols=["file_name"])["file_name"]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("outside"))
+    worst = line.split("worst rows: ")[1]
+    assert worst.startswith(f"{names[3]} (20 points, up to ") or worst.startswith(f"{names[41]} (20 points, up to ")
+    assert f"{names[3]} (20 points" in worst and f"{names[41]} (20 points" in worst

@@ -8,7 +8,7 @@ import torch
 from conftest import random_poses, symmetric_layout
 
 from kit.data.augment import hflip
-from kit.data.flip import derive_flip_permutation, flip_points, load_permutation, save_permutation
+from kit.data.flip import derive_flip_permutation, flip_points, load_permutation, mean_shape, save_permutation
 from kit.errors import DataError
 from kit.predict.flip import mirror_points
 
@@ -43,6 +43,30 @@ def test_equals_the_synth_generators_permutation(tmp_path):
     points = read_landmarks(tmp_path / "synth" / "train" / "landmarks.csv").points
     truth = load_permutation(tmp_path / "synth" / "private" / "flip_permutation.txt", n_points=971)
     np.testing.assert_array_equal(derive_flip_permutation(np.asarray(points)), truth)
+
+
+def test_two_rows_with_wild_coordinates_do_not_change_the_permutation(tmp_path):
+    from kit.data.landmarks import read_landmarks
+    from kit.synth import generate_competition
+
+    generate_competition(tmp_path / "synth", n_train=60, n_test=5, seed=6)
+    path = tmp_path / "synth" / "train" / "landmarks.csv"
+    truth = load_permutation(tmp_path / "synth" / "private" / "flip_permutation.txt", n_points=971)
+    clean = np.asarray(read_landmarks(path, use_cache=False).points, dtype=np.float64)
+    lines = path.read_text().split("\n")
+    rng = np.random.default_rng(0)
+    for line_no in (5, 40):  # two rows get 20 x values of -5000
+        fields = lines[line_no - 1].split("\t")
+        for point in rng.choice(971, 20, replace=False):
+            fields[1 + 2 * point] = "-5000"
+        lines[line_no - 1] = "\t".join(fields)
+    path.write_text("\n".join(lines))
+    points = np.asarray(read_landmarks(path, use_cache=False).points, dtype=np.float64)
+    assert (points[[3, 38], :, 0] == -5000).sum() == 40
+    np.testing.assert_array_equal(derive_flip_permutation(points), truth)
+    # The fault is real: a mean over every shape is pulled off the clean mean; the robust one drops the two rows.
+    assert np.abs(mean_shape(points, outlier_factor=np.inf) - mean_shape(clean)).max() > 0.1
+    assert np.abs(mean_shape(points) - mean_shape(np.delete(clean, [3, 38], axis=0))).max() < 0.002
 
 
 def test_random_points_are_not_symmetric():

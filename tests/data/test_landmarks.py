@@ -166,6 +166,8 @@ def test_read_test_points(tmp_path):
         (["a.jpg\t[1, 2,]"], "not a list of integers"),
         (["a.jpg\t[1.5, 2]"], "not a list of integers"),
         (["a.jpg\t[]"], "line 2, column 'point_index_list': empty list"),
+        (["a.jpg\t[1, 2, 3]", "b.jpg\t[4, 2, 4]"], "line 3, column 'point_index_list': point index 4 listed twice"),
+        (["a.jpg\t[1, 2, 3]", "", "b.jpg\t[7, 7, 7]"], "line 4, column 'point_index_list': point index 7 listed twice"),
         (["a.jpg"], "line 2 has 1 columns, expected 2"),
         ([], "no data rows"),
     ],

@@ -30,7 +30,7 @@ def write_tables(root: Path) -> landmarks.TestPoints:
     header = "\t".join(["file_name", *point_columns(N_POINTS)])
     rows = ["\t".join([f"tr_{i}.jpg", *["10"] * (2 * N_POINTS)]) for i in range(4)]
     (root / "train" / "landmarks.csv").write_text("\n".join([header, *rows]) + "\n")
-    lines = ["file_name\tpoint_index_list"] + [f"te_{i}.jpg\t[{i % N_POINTS}, 5, 0]" for i in range(N_TEST)]
+    lines = ["file_name\tpoint_index_list"] + [f"te_{i}.jpg\t[{i % 4 or 4}, 5, 0]" for i in range(N_TEST)]
     (root / "test" / "test_points.csv").write_text("\n".join(lines) + "\n")
     return read_test_points(root / "test" / "test_points.csv", N_POINTS)
 
@@ -54,11 +54,15 @@ def kaggle(monkeypatch, tmp_path):
     monkeypatch.setenv("KIT_KAGGLE_TIMEOUT", "2")  # the faults below must end in seconds, not minutes
     monkeypatch.setenv("KIT_KAGGLE_BACKOFF", "0.01")
     monkeypatch.delenv("KIT_KAGGLE_RETRIES", raising=False)
+    import requests
+
+    send = requests.Session.send
     server = KaggleServer()
     with server as state:
         route_client(monkeypatch, state, tmp_path)
         yield state
     assert not server.alive, "the loopback server did not shut down"
+    assert requests.Session.send is send, "the kit left requests patched"
 
 
 def _lines(path: Path) -> list[str]:
