@@ -17,7 +17,9 @@ def check(
     workspace: WorkspaceOption = None,
     max_pixels: Annotated[
         int | None,
-        typer.Option(min=1, help="Largest image accepted, width x height. Default: $KIT_MAX_IMAGE_PIXELS, else 50e6."),
+        typer.Option(
+            min=1, help="Largest image accepted (width x height). Default: $KIT_MAX_IMAGE_PIXELS, else 50000000."
+        ),
     ] = None,
 ) -> None:
     """Validate tables and images; derive and store the left/right flip permutation."""

@@ -92,7 +92,9 @@ def prepare(
     workspace: WorkspaceOption = None,
     max_pixels: Annotated[
         int | None,
-        typer.Option(min=1, help="Largest image accepted, width x height. Default: $KIT_MAX_IMAGE_PIXELS, else 50e6."),
+        typer.Option(
+            min=1, help="Largest image accepted (width x height). Default: $KIT_MAX_IMAGE_PIXELS, else 50000000."
+        ),
     ] = None,
 ) -> None:
     """Build the uint8 crop cache that training reads instead of JPEGs."""

@@ -12,7 +12,6 @@ import os
 import re
 import struct
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +40,7 @@ _CORRUPT_DATA = re.compile(
     r"Corrupt JPEG data[^\n]*|Premature end of JPEG file|Invalid SOS parameters[^\n]*|Inconsistent progression[^\n]*"
 )
 _capture_lock = threading.Lock()
-_capture_file = None  # a temporary file that receives the process's stderr during a strict decode
+_capture_pipe: tuple[int, int] | None = None  # (read, write) ends that take the process's stderr in a strict decode
 
 
 def max_image_pixels() -> int:
@@ -138,24 +137,26 @@ def _decode(path: Path, data: bytes) -> np.ndarray | None:
 
 def _decode_strict(path: Path, data: bytes) -> np.ndarray | None:
     """Decode with the process's stderr (file descriptor 2) captured: libjpeg's corrupt-data warnings are errors."""
-    global _capture_file
+    global _capture_pipe
     with _capture_lock:
-        if _capture_file is None:
-            _capture_file = tempfile.TemporaryFile(buffering=0)
-        capture = _capture_file.fileno()
-        os.ftruncate(capture, 0)
-        os.lseek(capture, 0, os.SEEK_SET)
+        if _capture_pipe is None:
+            _capture_pipe = os.pipe()
+            for fd in _capture_pipe:
+                os.set_blocking(fd, False)  # a full pipe drops a message rather than block the decoder
+        read_end, write_end = _capture_pipe
         with contextlib.suppress(Exception):
             sys.stderr.flush()
         saved = os.dup(2)
-        os.dup2(capture, 2)
+        os.dup2(write_end, 2)
         try:
             image = _decode(path, data)
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        written = os.lseek(capture, 0, os.SEEK_CUR)
-        messages = os.pread(capture, written, 0) if written else b""
+        messages = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(read_end, 1 << 16):
+                messages += chunk
     if messages:
         corrupt = _CORRUPT_DATA.search(messages.decode("utf-8", "replace"))
         if corrupt:

@@ -4,6 +4,7 @@ A family is one module: its config section, its factory and their registration (
 """
 
 from kit.models import heatmap, regression  # noqa: F401  (register the families)
+from kit.models import simcc  # noqa: F401
 from kit.models._registry import create_model, family_config, list_families, register_family
 from kit.models.base import LandmarkModel
 

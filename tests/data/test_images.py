@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import struct
@@ -113,6 +114,7 @@ def hostile_png(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+@functools.cache
 def bomb_png(side: int) -> bytes:
     """A real, fully valid all-black grayscale PNG of ``side`` x ``side``, streamed (never held in memory)."""
     compressor = zlib.compressobj(9)
@@ -123,8 +125,11 @@ def bomb_png(side: int) -> bytes:
 
 
 def corrupt_jpeg(seed: int = 0) -> bytes:
-    """A 256 px JPEG with 64 bytes in the middle of its scan data overwritten (a stray restart marker, then random
-    bytes); its headers and end marker intact. (Random bytes alone can go unnoticed: Huffman codes resynchronise.)"""
+    """A 256 px JPEG whose scan data is overwritten mid-way, headers and end marker intact.
+
+    The 64 bytes are a stray restart marker then random bytes: random bytes alone can decode without a warning
+    (Huffman codes resynchronise), which no decoder can tell from valid data.
+    """
     rng = np.random.default_rng(seed)
     pixels = cv2.GaussianBlur(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), (0, 0), 3)
     data = bytearray(cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
@@ -231,3 +236,11 @@ def test_corrupt_jpeg_data_is_an_error_in_strict_mode(tmp_path, capfd):
     assert capfd.readouterr().err == ""  # the decoder's own line was captured, not printed
     print("stderr works again", file=sys.stderr)
     assert capfd.readouterr().err == "stderr works again\n"
+
+
+def test_strict_mode_passes_on_harmless_decoder_messages(tmp_path, capfd):
+    data = bytearray(cv2.imencode(".jpg", np.full((16, 16, 3), 90, np.uint8))[1].tobytes())
+    data[data.index(b"JFIF\x00") + 5] = 2  # JFIF version 2.01: libjpeg warns, the pixels are fine
+    (tmp_path / "jfif2.jpg").write_bytes(data)
+    assert load_image(tmp_path / "jfif2.jpg", strict=True).shape == (16, 16, 3)
+    assert "unknown JFIF revision number 2.01" in capfd.readouterr().err
