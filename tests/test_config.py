@@ -102,7 +102,7 @@ def test_instance_of_a_family_class_is_accepted():
 
 def test_unknown_family_lists_the_registered_ones(tmp_path):
     choices = ", ".join(list_families())
-    assert choices == "heatmap, regression"
+    assert {"heatmap", "regression"} <= set(list_families())
     with pytest.raises(KitError) as error:
         pipeline_from_dict({"name": "x", "model": {"family": "foo"}}, "cfg")
     assert str(error.value) == f"cfg: key 'model.family': unknown model family 'foo' (choose from {choices})"

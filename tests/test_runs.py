@@ -208,6 +208,10 @@ def test_corrupt_records_are_named(data, tmp_path):
     np.save(run.path / "test.npy", np.zeros((3, 7, 2), np.float32))
     with pytest.raises(KitError, match=r"p/test.npy: shape \(3, 7, 2\), expected \(rows, 100, 2\)"):
         load_run(run.path)
+    (run.path / "test.npy").write_bytes(b"")  # empty: once just "Aborted." from kit blend
+    result = CliRunner().invoke(app, ["blend", str(run.path), "--data", str(data), "--out-dir", str(tmp_path / "s")])
+    assert result.exit_code == 1 and "p/test.npy: not a readable .npy file" in result.output
+    assert "rerun kit fold-train (finished folds are kept)" in result.output
     (run.path / "metrics.json").write_text('{"oof_mse": 1}')
     with pytest.raises(KitError, match=r"p/metrics.json: invalid RunMetrics \(key 'name'"):
         load_run(run.path)

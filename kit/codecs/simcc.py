@@ -44,7 +44,8 @@ def gaussian_log_targets(coords: torch.Tensor, sigma: float, n: int) -> torch.Te
 def kl_divergence(logits: torch.Tensor, log_targets: torch.Tensor) -> torch.Tensor:
     """``KL(target || softmax(logits))`` over the last dimension, in float32: (..., n) -> (...,)."""
     log_pred = torch.log_softmax(logits.float(), dim=-1)
-    return (log_targets.exp() * (log_targets - log_pred)).sum(-1)
+    targets = log_targets.exp()
+    return torch.where(targets > 0, targets * (log_targets - log_pred), 0.0).sum(-1)
 
 
 def argmax_1d(logits: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,7 @@
 A family is one module: its config section, its factory and their registration (``register_family``).
 """
 
-from kit.models import heatmap, regression  # noqa: F401  (register the families)
-from kit.models import simcc  # noqa: F401
+from kit.models import heatmap, keypoint_rcnn, regression, simcc  # noqa: F401  (register the families)
 from kit.models._registry import create_model, family_config, list_families, register_family
 from kit.models.base import LandmarkModel
 
