@@ -178,6 +178,13 @@ class TTAConfig(_Strict):
     hflip: bool = False  # average with the mirrored prediction (mapped back through the flip permutation)
 
 
+class PseudoConfig(_Strict):
+    source: Path  # a finished run folder or a blend's .json whose fold-k test predictions label fold k's extra images
+    weight: float = Field(1.0, gt=0, le=1)  # fraction of the pseudo-labelled test images drawn into each epoch
+    max_spread: float | None = Field(None, gt=0)  # px: drop test images whose source runs disagree more (RMS)
+    source_sha256: str | None = None  # filled by kit: the source runs' identities and weights
+
+
 class Pipeline(_Strict):
     name: str
     # validated as the config class of model.family; serialised with that class's fields
@@ -190,6 +197,7 @@ class Pipeline(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tta: TTAConfig = Field(default_factory=TTAConfig)
+    pseudo: PseudoConfig | None = None  # train on the test images too, labelled by the source's fold-k models
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -84,6 +84,42 @@ def fold_train(
 
 
 @handle_errors
+def pseudo(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (see pipelines/).")],
+    data: Annotated[Path, typer.Option(help="Competition folder.")],
+    source: Annotated[
+        Path, typer.Option("--from", exists=True, help="A finished run folder or a blend's NAME.json: the labeller.")
+    ],
+    weight: Annotated[
+        float, typer.Option(min=0, max=1, help="Fraction of the labelled test images drawn into each epoch.")
+    ] = 1.0,
+    max_spread: Annotated[
+        float | None, typer.Option(min=0, help="Drop test images whose source runs disagree more (px, RMS).")
+    ] = None,
+    folds: Annotated[str, typer.Option(help="'all' or a comma list such as 0,2.")] = "all",
+    out: Annotated[
+        Path, typer.Option(help="Runs folder; the run is OUT/<name> (default name: PIPELINE-pseudo).")
+    ] = Path("runs"),
+    set_: SetOption = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """fold-train on the training folds plus the test images, fold k labelled only by the source's fold-k models."""
+    from kit.train import fold_train as run_fold_train
+
+    overrides = list(set_ or [])
+    if not any(item.split("=", 1)[0].strip() == "name" for item in overrides):
+        overrides.append(f"name={_pipeline(pipeline, set_).name}-pseudo")
+    overrides += [f"pseudo.source={source}", f"pseudo.weight={weight}"]
+    if max_spread is not None:
+        overrides.append(f"pseudo.max_spread={max_spread}")
+    config = _pipeline(pipeline, overrides)
+    echo_workspace(data, workspace)
+    metrics = run_fold_train(config, data, out_dir=out, folds=folds, reporter=RichReporter(), workspace=workspace)
+    if metrics is not None:
+        console.print(f"OOF MSE {metrics.oof_mse:.4f} (pseudo-labels from {source})", highlight=False)
+
+
+@handle_errors
 def prepare(
     data_dir: Annotated[Path, typer.Argument(help="Competition folder.")],
     size: Annotated[int, typer.Option(help="Model input size, pixels.")] = 128,
@@ -164,6 +200,7 @@ def bench(
 
 def register(app: typer.Typer) -> None:
     app.command("fold-train")(fold_train)
+    app.command()(pseudo)
     app.command()(prepare)
     app.command()(bench)
     app.add_typer(weights_app, name="weights")

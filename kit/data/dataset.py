@@ -113,3 +113,38 @@ class RawCropBatches(Dataset):
 def keep_batch(batch):
     """``collate_fn`` for datasets whose ``__getitems__`` already returns a collated batch."""
     return batch
+
+
+class ConcatCrops(Dataset):
+    """Two crop datasets as one (training rows, then pseudo-labelled test rows), for keys that may carry seeds.
+
+    ``torch.utils.data.ConcatDataset`` takes integer indices only, and has no batched ``__getitems__``.
+    """
+
+    def __init__(self, first: Dataset, second: Dataset):
+        self.first, self.second = first, second
+        self.points = first.points  # the training rows' points (the mean-shape start of the model)
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)
+
+    def _route(self, key):
+        index = key[0] if isinstance(key, tuple) else key
+        if index < len(self.first):
+            return self.first, key
+        shifted = index - len(self.first)
+        return self.second, ((shifted, key[1]) if isinstance(key, tuple) else shifted)
+
+    def __getitem__(self, key):
+        dataset, local = self._route(key)
+        return dataset[local]
+
+    def __getitems__(self, keys: list):
+        if not hasattr(self.first, "__getitems__"):
+            return [self[key] for key in keys]
+        parts = {}
+        for key in keys:
+            dataset, local = self._route(key)
+            parts.setdefault(id(dataset), (dataset, []))[1].append(local)
+        batches = [dataset.__getitems__(local) for dataset, local in parts.values()]
+        return tuple(torch.cat([b[i] for b in batches]) for i in range(3))

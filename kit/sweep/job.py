@@ -122,7 +122,7 @@ def run_job(
     command: list[str],
     env: dict[str, str],
     log_path: Path,
-    header: str | None = None,
+    header: str | list[str] | None = None,
     on_line: Callable[[str], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     stop: StopSignal | None = None,
@@ -133,7 +133,7 @@ def run_job(
     """Run ``command`` to its end; its output (stdout and stderr) is appended to ``log_path`` line by line.
 
     Args:
-        header: a first line for the log (and ``on_line``), e.g. a ``marker``.
+        header: first lines for the log (and ``on_line``), e.g. ``marker`` lines.
         on_line: called with every line, from a reader thread.
         on_start: called with the child's process id once it started.
         stop: polled: level 1 sends SIGTERM, level 2 (or the grace period after SIGTERM) SIGKILL.
@@ -155,8 +155,8 @@ def run_job(
             if on_line is not None:
                 on_line(line.rstrip("\n"))
 
-        if header is not None:
-            take(header)
+        for line in [header] if isinstance(header, str) else header or []:
+            take(line)
         proc = subprocess.Popen(
             [sys.executable, "-m", "kit.sweep.launch", death_signal, *command],
             stdin=subprocess.DEVNULL,

@@ -78,4 +78,3 @@ def read_records(runs_dir: str | Path) -> list[JobRecord]:
         except (OSError, ValueError):
             continue
     return records
-

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from kit.checkpoint import load_checkpoint, save_checkpoint
 from kit.config import Pipeline
-from kit.data.dataset import CropDataset, RawCropBatches, keep_batch
+from kit.data.dataset import ConcatCrops, CropDataset, RawCropBatches, keep_batch
 from kit.data.gpu_augment import make_batch_transform
 from kit.data.prepare import CropCache
 from kit.errors import KitError
@@ -28,6 +28,7 @@ from kit.progress import Reporter, SilentReporter
 from kit.runs import EpochStats, FoldSummary, Identity, RunDir
 from kit.train.distributed import DistInfo, barrier, check_in_sync, select_device
 from kit.train.engine import EpochProgress, NonFiniteLoss, make_optimizer, train_one_epoch
+from kit.train.pseudo import PseudoLabels
 from kit.train.sampling import EpochSampler
 from kit.train.signals import Interrupted, StopRequest
 
@@ -41,6 +42,7 @@ class FoldData:
     points: np.ndarray  # (N, P, 2) original pixels
     folds: np.ndarray  # (N,) fold of each training row
     flip_perm: np.ndarray | None
+    pseudo: PseudoLabels | None = None  # test images labelled by the source's fold-k models, per fold
 
 
 def _train_loader(dataset, pipeline: Pipeline, device: torch.device, sampler: EpochSampler, collate_fn=None):
@@ -49,7 +51,7 @@ def _train_loader(dataset, pipeline: Pipeline, device: torch.device, sampler: Ep
         dataset,
         batch_size=pipeline.train.batch_size,
         sampler=sampler,
-        drop_last=len(dataset) > pipeline.train.batch_size,
+        drop_last=len(sampler) > pipeline.train.batch_size,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
@@ -58,15 +60,34 @@ def _train_loader(dataset, pipeline: Pipeline, device: torch.device, sampler: Ep
 
 
 def train_loader(
-    pipeline: Pipeline, data: FoldData, rows: np.ndarray, device: torch.device, seed: int, dist: DistInfo = DistInfo()
+    pipeline: Pipeline,
+    data: FoldData,
+    rows: np.ndarray,
+    device: torch.device,
+    seed: int,
+    dist: DistInfo = DistInfo(),
+    pseudo: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[DataLoader, EpochSampler]:
-    """The training loader of ``rows`` (CPU geometry in workers, or raw crops for the device) and its sampler."""
-    sampler = EpochSampler(len(rows), seed, dist.rank, dist.world_size)
-    if pipeline.augment.gpu:
-        dataset = RawCropBatches(data.train_cache, rows, data.points)
-        return _train_loader(dataset, pipeline, device, sampler, keep_batch), sampler
-    dataset = CropDataset(data.train_cache, rows, data.points, pipeline.augment, data.flip_perm, seed)
-    return _train_loader(dataset, pipeline, device, sampler), sampler
+    """The training loader of ``rows`` (CPU geometry in workers, or raw crops for the device) and its sampler.
+
+    ``pseudo`` = (test rows, (M_test, P, 2) labels): those test images join the training rows, a
+    ``pipeline.pseudo.weight`` fraction of them drawn into each epoch.
+    """
+    cfg = pipeline.augment
+
+    def crops(cache, cache_rows, points):
+        if cfg.gpu:
+            return RawCropBatches(cache, cache_rows, points)
+        return CropDataset(cache, cache_rows, points, cfg, data.flip_perm, seed)
+
+    dataset = crops(data.train_cache, rows, data.points)
+    extra = per_epoch = 0
+    if pseudo is not None and len(pseudo[0]):
+        dataset = ConcatCrops(dataset, crops(data.test_cache, pseudo[0], pseudo[1]))
+        extra = len(pseudo[0])
+        per_epoch = round(pipeline.pseudo.weight * extra) if pipeline.pseudo is not None else extra
+    sampler = EpochSampler(len(rows), seed, dist.rank, dist.world_size, extra=extra, extra_per_epoch=per_epoch)
+    return _train_loader(dataset, pipeline, device, sampler, keep_batch if cfg.gpu else None), sampler
 
 
 def predict_original(
@@ -162,7 +183,8 @@ def train_fold(
     valid_rows = np.flatnonzero(data.folds == fold)
     n_points = data.points.shape[1]
 
-    loader, sampler = train_loader(pipeline, data, train_rows, device, seed, dist)
+    pseudo = data.pseudo.for_fold(fold) if data.pseudo is not None else None
+    loader, sampler = train_loader(pipeline, data, train_rows, device, seed, dist, pseudo)
     steps_per_epoch = len(loader)
     if cfg.max_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)

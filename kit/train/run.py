@@ -23,6 +23,8 @@ from kit.progress import Reporter, SilentReporter
 from kit.runs import Identity, RunDir, RunMetrics, SplitInfo
 from kit.train.distributed import barrier, init_distributed, select_device
 from kit.train.fold import FoldData, runtime_faults, train_fold
+from kit.train.pseudo import load_pseudo_labels
+from kit.train.pseudo import resolve as resolve_pseudo
 from kit.train.signals import Interrupted, stop_on_signals
 
 
@@ -84,6 +86,10 @@ def _caches(comp: Competition, pipeline: Pipeline):
     return prepare_crops(comp, "train", size, margin, pad), prepare_crops(comp, "test", size, margin, pad)
 
 
+def _pseudo_labels(pipeline: Pipeline, comp: Competition, split: SplitInfo, k: int):
+    return load_pseudo_labels(pipeline.pseudo, comp, split, k) if pipeline.pseudo is not None else None
+
+
 def fold_train(
     pipeline: Pipeline,
     data_dir: str | Path,
@@ -98,6 +104,7 @@ def fold_train(
     Returns the run metrics, or None while some folds of the split are still missing.
     """
     reporter = reporter or SilentReporter()
+    pipeline = resolve_pseudo(pipeline)  # its source's fingerprint is part of the run's identity
     plan = validate(pipeline, data_dir, folds, workspace)
     comp = plan.comp
     run = RunDir.under(out_dir, pipeline.name)
@@ -108,6 +115,7 @@ def fold_train(
             fold_of = ensure_folds(comp)
             perm = ensure_flip_permutation(comp, pipeline)
             split = SplitInfo.of(comp)
+            pseudo = _pseudo_labels(pipeline, comp, split, plan.k)
             run.check_folds(Identity.of(pipeline, split), plan.k)  # fail before building caches
             train_cache, test_cache = _caches(comp, pipeline)
             finished = stack.enter_context(run.claim(pipeline, split, plan.folds, perm))
@@ -116,10 +124,11 @@ def fold_train(
             fold_of = load_folds(comp.folds_csv, comp.train.file_names)
             perm = comp.flip_permutation()
             split = SplitInfo.of(comp)
+            pseudo = _pseudo_labels(pipeline, comp, split, plan.k)
             train_cache, test_cache = _caches(comp, pipeline)
             finished = run.finished_folds(plan.k)
         identity = Identity.of(pipeline, split)
-        data = FoldData(train_cache, test_cache, np.asarray(comp.train.points, dtype=np.float32), fold_of, perm)
+        data = FoldData(train_cache, test_cache, np.asarray(comp.train.points, dtype=np.float32), fold_of, perm, pseudo)
         reporter.message(
             f"{pipeline.name}: {pipeline.model.family} {pipeline.model.backbone}, {len(fold_of)} train "
             f"/ {len(comp.test)} test images, {comp.n_points} points, {plan.k} folds, device {device}"
@@ -139,7 +148,7 @@ def fold_train(
 
     if not dist.is_main:
         return None
-    return assemble(run, pipeline, split, data, reporter)
+    return assemble(run, pipeline, split, data, reporter, lineage=pseudo.sources if pseudo is not None else ())
 
 
 def assemble(

@@ -1,0 +1,114 @@
+"""``kit runs``: a leaderboard of every run in a runs folder, and the pipeline keys that differ between two runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kit.cli._common import console, echo, handle_errors
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    minutes, seconds = divmod(int(round(value)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
+
+
+def _table(rows) -> None:
+    from rich.table import Table
+
+    table = Table(title_justify="left")
+    columns = ["run", "family", "backbone", "input", "epochs", "folds", "OOF MSE", "fold MSE", "wall", "img/s"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("run", "family", "backbone") else "right")
+    for column in ("split", "pipeline", "state", "blends"):
+        table.add_column(column, overflow="fold")
+    styles = {"finished": None, "partial": "yellow", "running": "cyan", "failed": "red"}
+    for row in rows:
+        total = str(row.folds_total) if row.folds_total is not None else "?"
+        spread = f"{row.fold_mse:.4f} ± {row.fold_mse_std:.4f}" if row.fold_mse is not None else ""
+        state = (
+            row.state
+            + (f": {row.error}" if row.error else "")
+            + (f" ({'; '.join(row.running)})" if row.running else "")
+        )
+        table.add_row(
+            row.name,
+            row.family or "",
+            row.backbone or "",
+            str(row.input_size or ""),
+            str(row.epochs or ""),
+            f"{row.folds_done}/{total}",
+            f"{row.oof_mse:.4f}" if row.oof_mse is not None else "",
+            spread,
+            _seconds(row.wall_seconds),
+            f"{row.images_per_second:,.0f}" if row.images_per_second is not None else "",
+            row.split_sha or "",
+            row.pipeline_sha or "",
+            state,
+            ", ".join(row.blends),
+            style=styles.get(row.state),
+        )
+    console.print(table)
+
+
+def _print_diff(diff) -> None:
+    echo(f"a: {diff.a}")
+    echo(f"b: {diff.b}")
+    for key, a, b in diff.keys:
+        echo(f"{key}: {json.dumps(a)} -> {json.dumps(b)}")
+    if not diff.keys:
+        echo("same pipeline (but the name)")
+    echo("split: same" if diff.same_split else "split: different (the runs can't be blended together)")
+
+
+@handle_errors
+def runs(
+    runs_dir: Annotated[Path, typer.Argument(help="Runs folder (kit fold-train --out, kit sweep --out).")] = Path(
+        "runs"
+    ),
+    sort: Annotated[
+        str, typer.Option(help="Column to sort by: oof_mse, fold_mse, name, wall_seconds, images_per_second, ...")
+    ] = "oof_mse",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    submissions: Annotated[Path, typer.Option(help="Folder of blend records (NAME.json) to list users from.")] = Path(
+        "submissions"
+    ),
+    data: Annotated[
+        Path | None, typer.Option(help="Competition folder: gives unfinished runs their number of folds.")
+    ] = None,
+    diff: Annotated[
+        tuple[str, str] | None, typer.Option(help="Two runs (names under RUNS_DIR or folders): the keys that differ.")
+    ] = None,
+) -> None:
+    """One row per run: model, folds finished, OOF MSE and its spread, speed, hashes, state and the blends using it."""
+    from kit.runs_table import diff_runs, list_runs
+
+    if diff is not None:
+        result = diff_runs(runs_dir, *diff)
+        if as_json:
+            echo(json.dumps(result.to_dict(), indent=2))
+        else:
+            _print_diff(result)
+        return
+    folds = None
+    if data is not None:
+        from kit.data.competition import Competition
+        from kit.data.derived import fold_count
+
+        folds = fold_count(Competition.load(data))
+    rows = list_runs(runs_dir, submissions, sort=sort, folds=folds)
+    if as_json:
+        echo(json.dumps([row.to_dict() for row in rows], indent=2))
+    elif not rows:
+        echo(f"{runs_dir}: no runs")
+    else:
+        _table(rows)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(runs)

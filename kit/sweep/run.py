@@ -1,0 +1,198 @@
+"""``run_sweep``: expand a sweep file into (run, fold) jobs, skip finished folds, run the rest, blend what finished.
+
+Each job is ``python -m kit fold-train RUNS/.sweep/NAME.yaml --data DIR --out RUNS --folds K``: the last fold of a
+run to finish assembles the run itself. Two last folds finishing together race for the run's assembly lock; the
+loser's fold is finished all the same, and a run whose folds are all finished but that is not assembled is
+assembled at the end (one more fold-train, which skips the finished folds).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from kit.blend.blend import BlendResult, blend_runs
+from kit.config import dump_pipeline
+from kit.data.competition import Competition
+from kit.data.derived import ensure_folds, fold_count
+from kit.errors import KitError
+from kit.io import write_text
+from kit.runs import Identity, RunDir, SplitInfo
+from kit.sweep.job import Job, child_env
+from kit.sweep.local import usable_cores
+from kit.sweep.progress import JobStatus, Tracker, finished_metrics
+from kit.sweep.records import pipeline_file
+from kit.sweep.spec import Sweep, load_sweep
+from kit.sweep.stop import StopSignal
+
+
+class Executor(Protocol):
+    def describe(self) -> str: ...
+
+    def run(self, jobs: list[Job], tracker: Tracker, stop: StopSignal) -> None: ...
+
+
+@dataclass
+class RunOutcome:
+    name: str
+    oof_mse: float | None  # None: not finished
+    folds_done: int
+    folds: int
+
+
+@dataclass
+class SweepResult:
+    sweep: Sweep
+    jobs: list[JobStatus]
+    runs: list[RunOutcome]
+    blend: BlendResult | None = None
+    blend_error: str | None = None
+    stopped: StopSignal = field(default_factory=StopSignal)
+
+    @property
+    def failed(self) -> list[JobStatus]:
+        return [job for job in self.jobs if job.state == "failed"]
+
+
+def _prepare_caches(comp: Competition, sweep: Sweep, jobs: list[Job], emit: Callable[[str], None]) -> None:
+    """Build each crop cache the pending jobs need once, here, instead of in several jobs at the same time."""
+    from kit.data.prepare import prepare_crops
+
+    pending = {job.run for job in jobs}
+    shapes = sorted(
+        {
+            (r.pipeline.input.size, r.pipeline.input.margin, r.pipeline.input.pad)
+            for r in sweep.runs
+            if r.name in pending
+        }
+    )
+    for size, margin, pad in shapes:
+        for split in ("train", "test"):
+            cache = prepare_crops(comp, split, size, margin, pad, workers=usable_cores())
+            emit(f"crop cache {split} {size} px (pad {pad}): {cache.path}")
+
+
+def _assemble(job: Job, emit: Callable[[str], None]) -> None:
+    """Assemble a run whose folds are all finished: a fold-train of one of its folds skips it and assembles."""
+    emit(f"{job.run}: every fold finished, assembling the run")
+    proc = subprocess.run(
+        job.command(), env=child_env(usable_cores()), capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    if proc.returncode != 0:
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        emit(f"{job.run}: assembly failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+
+
+def run_sweep(
+    sweep_path: str | Path,
+    data_dir: str | Path,
+    runs_dir: str | Path,
+    executor: Executor,
+    overrides: list[str] | None = None,
+    submissions_dir: str | Path = "submissions",
+    workspace: str | Path | None = None,
+    emit: Callable[[str], None] = print,
+    stop: StopSignal | None = None,
+) -> SweepResult:
+    """Train every unfinished fold of every run of the sweep, then blend the finished runs (if the file says so).
+
+    Args:
+        sweep_path: the sweep YAML (``kit.sweep.spec``).
+        data_dir: the competition folder (every node must see it at this path).
+        runs_dir: where the runs go (``RUNS/NAME``), with the sweep's own files in ``RUNS/.sweep``.
+        executor: ``LocalExecutor`` or ``RayExecutor``.
+        overrides: ``section.key=value`` for every pipeline of the sweep.
+        submissions_dir: where the blend's NAME.csv, .json and .png go (replacing an earlier blend of that name).
+        workspace: the data's workspace (``--workspace``), passed on to every job.
+        emit: prints one progress line.
+        stop: set by signals: stops the jobs cleanly (they resume when the same sweep runs again).
+
+    Raises:
+        KitError: the sweep file, a pipeline or the data is invalid (before any job starts).
+    """
+    stop = stop if stop is not None else StopSignal()
+    sweep = load_sweep(sweep_path, overrides)
+    data_dir, runs_dir = Path(data_dir).absolute(), Path(runs_dir).absolute()
+    workspace = Path(workspace).absolute() if workspace is not None else None
+    comp = Competition.load(data_dir, workspace=workspace)
+    ensure_folds(comp)  # once, here: parallel jobs would each write the default split
+    k = fold_count(comp)
+    split = SplitInfo.of(comp)
+    identities = {run.name: Identity.of(run.pipeline, split) for run in sweep.runs}
+    tracker = Tracker(runs_dir, uuid.uuid4().hex[:12], identities, emit)
+    emit(f"sweep {sweep.path}: {len(sweep.runs)} run(s) x {k} folds; {executor.describe()}")
+
+    jobs: list[Job] = []
+    for run in sweep.runs:
+        path = pipeline_file(runs_dir, run.name)
+        write_text(path, dump_pipeline(run.pipeline))
+        run_dir = RunDir.under(runs_dir, run.name)
+        try:
+            finished = run_dir.check_folds(identities[run.name], k)
+        except KitError as exc:
+            for fold in range(k):
+                tracker.failed_before_start(run.name, fold, str(exc))
+            continue
+        for fold in range(k):
+            if fold in finished:
+                tracker.skipped(run.name, fold, finished[fold].mse)
+            else:
+                jobs.append(Job(run.name, fold, path, data_dir, runs_dir, workspace))
+    if jobs:
+        _prepare_caches(comp, sweep, jobs, emit)
+    for job in jobs:
+        tracker.queued(job)
+    executor.run(jobs, tracker, stop)
+
+    result = SweepResult(sweep=sweep, jobs=list(tracker.jobs.values()), runs=[], stopped=stop)
+    if not stop:
+        for run in sweep.runs:
+            run_dir = RunDir.under(runs_dir, run.name)
+            done = len(run_dir.finished_folds(k)) if run_dir.path.is_dir() else 0
+            if done == k and finished_metrics(run_dir, identities[run.name]) is None:
+                _assemble(Job(run.name, 0, pipeline_file(runs_dir, run.name), data_dir, runs_dir, workspace), emit)
+    for run in sweep.runs:
+        run_dir = RunDir.under(runs_dir, run.name)
+        metrics = finished_metrics(run_dir, identities[run.name])
+        try:
+            done = len([s for s in run_dir.finished_folds(k).values() if s.identity == identities[run.name]])
+        except KitError:
+            done = 0
+        result.runs.append(RunOutcome(run.name, metrics.oof_mse if metrics else None, done, k))
+    if sweep.blend is not None and not stop:
+        _blend(sweep, result, runs_dir, data_dir, submissions_dir, emit)
+    return result
+
+
+def _blend(
+    sweep: Sweep, result: SweepResult, runs_dir: Path, data_dir: Path, submissions_dir, emit: Callable[[str], None]
+) -> None:
+    spec = sweep.blend
+    finished = [run.name for run in result.runs if run.oof_mse is not None]
+    if not finished:
+        result.blend_error = "no run finished"
+        emit(f"blend {spec.name}: not written: no run finished")
+        return
+    left_out = [run.name for run in result.runs if run.oof_mse is None]
+    try:
+        result.blend = blend_runs(
+            [runs_dir / name for name in finished],
+            data_dir,
+            method=spec.method,
+            name=spec.name,
+            out_dir=submissions_dir,
+            force=True,
+        )
+    except KitError as exc:
+        result.blend_error = str(exc)
+        emit(f"blend {spec.name}: failed: {exc}")
+        return
+    without = f" (without unfinished {', '.join(left_out)})" if left_out else ""
+    emit(
+        f"blend {spec.name} ({spec.method.value}) of {', '.join(finished)}{without}: nested-CV MSE "
+        f"{result.blend.blend_mse:.4f}, wrote {result.blend.csv}"
+    )
