@@ -94,7 +94,10 @@ class SimCCHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         tokens = self.act(self.token(self.norm(self.conv(features).flatten(2))))
-        return torch.cat([self.cls_x(tokens), self.cls_y(tokens)], dim=-1)
+        # The classifiers run in float32: sub-bin decoding reads differences of neighbouring logits.
+        with torch.autocast(features.device.type, enabled=False):
+            tokens = tokens.float()
+            return torch.cat([self.cls_x(tokens), self.cls_y(tokens)], dim=-1)
 
 
 class SimCCModel(LandmarkModel):
