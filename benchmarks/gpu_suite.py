@@ -99,13 +99,19 @@ def measure(data: Path, tiny: bool) -> list[Row]:
     rows.append(Row("  full loop / model step", regression["full_vs_model"], "ratio", 0.9))
     l2 = run("Unet(resnet34) stride 4, L2, batch 256", "unet_resnet34_heatmap", [], None if tiny else 8000)
     awing = run("same with Adaptive Wing", "unet_resnet34_heatmap", ["model.heatmap.heatmap_loss=adaptive_wing"])
-    rows.append(Row("  Adaptive Wing / L2 (model step)",
-                    awing["model_images_per_second"] / l2["model_images_per_second"], "ratio", 0.8))
-    infer = _inference(_pipeline("resnet34_regression", tiny, [] if tiny else ["train.batch_size=1024"]), data,
-                       batches)
+    rows.append(
+        Row(
+            "  Adaptive Wing / L2 (model step)",
+            awing["model_images_per_second"] / l2["model_images_per_second"],
+            "ratio",
+            0.8,
+        )
+    )
+    infer = _inference(_pipeline("resnet34_regression", tiny, [] if tiny else ["train.batch_size=1024"]), data, batches)
     rows.append(Row("resnet34 inference with flip TTA, batch 1024", infer, "img/s", None if tiny else 30000))
-    measured = {load_pipeline(PIPELINES / f"{n}.yaml").model.family for n in ("resnet34_regression",
-                                                                             "unet_resnet34_heatmap")}
+    measured = {
+        load_pipeline(PIPELINES / f"{n}.yaml").model.family for n in ("resnet34_regression", "unet_resnet34_heatmap")
+    }
     for name in sorted(p.stem for p in PIPELINES.glob("*.yaml")):  # the GPU pipelines of the other families
         pipeline = load_pipeline(PIPELINES / f"{name}.yaml")
         if name.startswith("demo_") or pipeline.model.family in measured:

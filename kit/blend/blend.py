@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.blend.inputs import (
+    RunScore,
     check_finite_grams,
     check_finite_test,
     check_matches_data,
@@ -24,14 +25,6 @@ from kit.blend.weights import Method
 from kit.runs import Run
 
 __all__ = ["BlendResult", "RunScore", "blend_runs", "check_matches_data", "check_same_split"]
-
-
-@dataclass(frozen=True)
-class RunScore:
-    name: str
-    path: Path
-    oof_mse: float  # recomputed against landmarks.csv
-    weight: float  # the run's weight (averaged over points for per-point weights)
 
 
 @dataclass(frozen=True)

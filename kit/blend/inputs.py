@@ -22,6 +22,16 @@ from kit.runs import Run, load_run, names_sha256
 from kit.submit.format import write_submission
 
 
+@dataclass(frozen=True)
+class RunScore:
+    """One input run of a blend or stack, as its table and record list it."""
+
+    name: str
+    path: Path
+    oof_mse: float  # recomputed against landmarks.csv
+    weight: float  # the run's weight (averaged over points for per-point weights)
+
+
 def _short(digest: str) -> str:
     return digest[:12]
 

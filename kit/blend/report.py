@@ -12,14 +12,20 @@ def plot_point_errors(
     mean_face: np.ndarray,
     best_run: tuple[str, np.ndarray],
     blend: tuple[str, np.ndarray],
+    *,
+    reference: str = "best run",
+    reference_score: str = "OOF MSE",
+    candidate: str = "blend",
 ) -> None:
     """Write a PNG with three panels: the best run's per-point MSE, the blend's, and their ratio.
 
     Args:
         path: where to write the PNG (written as is: the caller makes it atomic).
         mean_face: (P, 2) mean landmark positions in pixels.
-        best_run: label and (P,) per-point MSE of the best single run.
-        blend: label and (P,) per-point MSE of the blend.
+        best_run: label and (P,) per-point MSE of the best single run (or another reference).
+        blend: label and (P,) per-point nested-CV MSE of the blend (or another candidate).
+        reference, reference_score, candidate: how the panels name the two and the reference's score (``kit
+            stack`` compares the stack with the best blend).
     """
     from matplotlib.colors import LogNorm, TwoSlopeNorm
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
@@ -36,9 +42,15 @@ def plot_point_errors(
     axes = fig.subplots(1, 3)
     x, y = mean_face[:, 0], mean_face[:, 1]
     panels = (
-        (run_err, norm, "viridis", f"{run_label}\nOOF MSE {run_err.mean():.3f}", "per-point MSE (px²)"),
+        (run_err, norm, "viridis", f"{run_label}\n{reference_score} {run_err.mean():.3f}", "per-point MSE (px²)"),
         (blend_err, norm, "viridis", f"{blend_label}\nnested-CV MSE {blend_err.mean():.3f}", "per-point MSE (px²)"),
-        (ratio, TwoSlopeNorm(0.0, -span, span), "coolwarm", "log2(blend / best run)", "blue: blend better"),
+        (
+            ratio,
+            TwoSlopeNorm(0.0, -span, span),
+            "coolwarm",
+            f"log2({candidate} / {reference})",
+            f"blue: {candidate} better",
+        ),
     )
     for ax, (values, value_norm, cmap, title, label) in zip(axes, panels, strict=True):
         dots = ax.scatter(x, y, c=values, s=8, cmap=cmap, norm=value_norm)

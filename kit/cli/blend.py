@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from kit.blend.weights import Method
-from kit.cli._common import console, handle_errors
+from kit.cli._common import handle_errors
 
 
 @handle_errors
@@ -23,32 +23,28 @@ def blend(
     force: Annotated[bool, typer.Option(help="Replace an existing NAME.csv, NAME.json and NAME.png.")] = False,
 ) -> None:
     """Fit blend weights on the runs' OOF predictions, score them by nested CV, write the submission."""
-    from rich.table import Table
-
     from kit.blend.blend import blend_runs
+    from kit.cli._ensemble import print_ensemble
 
     result = blend_runs(run_dirs, data, method=method, name=name, out_dir=out_dir, force=force)
     per_point = " (mean over points)" if result.method is Method.per_point else ""
-    table = Table(title=f"blend '{result.name}' ({result.method.value})", title_justify="left")
-    table.add_column("run")
-    table.add_column("OOF MSE", justify="right")
-    table.add_column(f"weight{per_point}", justify="right")
     best = result.best_run
-    for run in result.runs:
-        marker = " *" if run is best else ""
-        table.add_row(f"{run.name}{marker}", f"{run.oof_mse:.4f}", f"{run.weight:.3f}")
-    table.add_section()
-    table.add_row("blend, nested CV", f"{result.blend_mse:.4f}", "", style="bold")
-    table.add_row("blend, in-sample (optimistic)", f"{result.in_sample_mse:.4f}", "", style="dim")
-    console.print(table)
     gain = best.oof_mse - result.blend_mse
     verdict = "better" if gain > 0 else "worse"
-    console.print(
-        f"blend is {abs(gain):.4f} ({abs(gain) / best.oof_mse:.1%}) {verdict} than the best run ({best.name}) "
-        f"in nested CV; folds: {', '.join(f'{v:.4f}' for v in result.fold_mse)}",
-        highlight=False,
+    print_ensemble(
+        f"blend '{result.name}' ({result.method.value})",
+        f"weight{per_point}",
+        result.runs,
+        [
+            ("blend, nested CV", result.blend_mse, "bold"),
+            ("blend, in-sample (optimistic)", result.in_sample_mse, "dim"),
+        ],
+        [
+            f"blend is {abs(gain):.4f} ({abs(gain) / best.oof_mse:.1%}) {verdict} than the best run ({best.name}) "
+            f"in nested CV; folds: {', '.join(f'{v:.4f}' for v in result.fold_mse)}"
+        ],
+        [result.csv, result.json, result.png],
     )
-    console.print(f"wrote {result.csv}, {result.json.name}, {result.png.name}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
