@@ -12,6 +12,8 @@ from kit.runs import Identity, RunDir
 from kit.sweep.job import Job, Outcome, parse_line
 from kit.sweep.records import JobRecord, JobState, read_record, write_record
 
+EPOCH_LINE_SECONDS = 2.0  # at most one epoch line per job this often (and its last epoch's): tiny epochs are many
+
 
 @dataclass
 class JobStatus:
@@ -54,6 +56,7 @@ class Tracker:
         self._started = time.monotonic()
         self.jobs: dict[tuple[str, int], JobStatus] = {}
         self._finished_runs: set[str] = set()
+        self._epoch_lines: dict[tuple[str, int], float] = {}  # when each job's last epoch line was printed
 
     def emit(self, text: str) -> None:
         elapsed = int(time.monotonic() - self._started)
@@ -100,7 +103,10 @@ class Tracker:
                 self.emit(f"{status.label}: {event.get('text', '')}")
             elif kind == "epoch" and event["fold"] == job.fold:
                 status.epoch = f"{event['epoch']}/{event['epochs']}"
-                self.emit(f"{status.label}: epoch {status.epoch}, valid MSE {event['valid_mse']}")
+                now, last = time.monotonic(), self._epoch_lines.get((job.run, job.fold), -EPOCH_LINE_SECONDS)
+                if now - last >= EPOCH_LINE_SECONDS or event["epoch"] == event["epochs"]:
+                    self._epoch_lines[(job.run, job.fold)] = now
+                    self.emit(f"{status.label}: epoch {status.epoch}, valid MSE {event['valid_mse']}")
             elif kind == "error":
                 status.error = event["text"]
 

@@ -74,7 +74,8 @@ class Sweep:
 
 
 def _describe(error: ValidationError, source: Path) -> str:
-    first = error.errors()[0]
+    errors = error.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains the rest
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
