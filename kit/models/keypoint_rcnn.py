@@ -1,35 +1,35 @@
 """Keypoint R-CNN family: torchvision's keypoint branch on an FPN, fed one box per image, the whole face crop.
 
 torchvision's ``KeypointRCNN`` resizes and normalises inside (``GeneralizedRCNNTransform``, ``min_size`` 800),
-proposes boxes (RPN), classifies them (box head) and only then pools each box for the keypoint head; in training
+proposes boxes (RPN), classifies them (box head) and only then pools each box for its keypoint head; in training
 it takes per-image target dicts (boxes, labels, keypoints with visibility) and returns a loss dict. Here every
-image is a face crop whose box is known: the whole input. So the model keeps only what the keypoint path needs,
-as torchvision's own modules and under their names (a COCO checkpoint loads into them): the ResNet body and its
-FPN (``backbone.body``, ``backbone.fpn``), ``roi_heads.keypoint_roi_pool`` (``MultiScaleRoIAlign``),
-``keypoint_head`` (``KeypointRCNNHeads``) and ``keypoint_predictor`` (``KeypointRCNNPredictor``, its
-deconvolution and bilinear upscaling), run on the full-image box. ``forward`` returns the keypoint logits
-(B, P, M, M) with ``M = roi_size x 2 x upscale`` (torchvision: 14 x 2 x 2 = 56), the input is the kit's
-normalised crop (ImageNet statistics for torchvision ResNets, the crop size is the detector's size), and the
-loss and decoding are the kit's:
+image is a face crop whose box is known, the whole input, so the model keeps only the keypoint path, built from
+torchvision's own modules: the ResNet body and FPN (``backbone``, ``fpn``; torchvision's ``backbone.body`` and
+``backbone.fpn``), ``keypoint_roi_pool`` (``MultiScaleRoIAlign``), ``keypoint_head`` (``KeypointRCNNHeads``) and
+``keypoint_predictor`` (``KeypointRCNNPredictor``: deconvolution, then bilinear upscaling; torchvision's
+``roi_heads.keypoint_*``), so a COCO checkpoint maps onto them by prefix. ``forward`` takes the kit's normalised
+crop (ImageNet statistics for torchvision ResNets: the detector's own normalisation; the crop size plays
+``min_size``/``max_size``) and returns the keypoint logits (B, P, M, M) of the full-image box, with
+``M = roi_size x 2 x upscale`` (torchvision: 14 x 2 x 2 = 56). Loss and decoding are the kit's:
 
 - the loss is torchvision's ``keypointrcnn_loss`` (``target: one_hot``: cross-entropy on the map pixel of each
   point, points outside the box dropped) or the same cross-entropy against a Gaussian of ``sigma`` map pixels,
   reported as a KL divergence (``target: gaussian``, the default: the one-hot target floors each point to its map
   pixel, which costs sub-pixel precision);
 - decoding is torchvision's ``heatmaps_to_keypoints`` (``decoder: torchvision``: bicubic upscaling of each map to
-  the box size and argmax) or any decoder of kit.codecs.heatmap on the logits (soft-argmax, local soft-argmax,
+  the box size, then argmax) or a decoder of kit.codecs.heatmap on the logits (soft-argmax, local soft-argmax,
   DARK), returning input pixels. Map pixel ``j`` covers input pixels ``[j S / M, (j + 1) S / M)``, as in
-  torchvision's discretisation, so flips of the input are flips of the maps.
+  torchvision's discretisation, so a flip of the input is a flip of the maps.
 
 The RPN and box head are not built: their parameters would get no gradient, which DistributedDataParallel refuses.
 For the same reason the FPN is evaluated only at the level that torchvision's pooler assigns the full-image box
-(``LevelMapper``: 224 px boxes at level 4, clamped to levels 2-5) and the FPN blocks of other levels, kept for
-checkpoint compatibility, are frozen. Backbones: a torchvision ResNet (``resnet18`` ... ``resnet50`` ...,
-torchvision's ``resnet_fpn_backbone`` layout with FrozenBatchNorm2d and the top 3 stages trained by default) or
-``tu-`` and a timm model read at strides 4-32 (e.g. ``tu-tf_efficientnet_lite0`` with package weights). Weights:
-``file`` takes a torchvision detection checkpoint (the COCO Keypoint R-CNN: body, FPN and keypoint head load, the
-17-keypoint predictor is replaced) or a classifier's (the body only); ``hub`` downloads torchvision's COCO
-Keypoint R-CNN for ``resnet50``, ImageNet weights for other ResNets, timm's for ``tu-`` models.
+(``LevelMapper``: a 224 px box at level 4, clamped to levels 2-5) and its blocks for other levels, kept for
+checkpoint compatibility, are frozen. Backbones: a torchvision ResNet (``resnet_fpn_backbone``'s layout, with
+FrozenBatchNorm2d and the top 3 stages trained by default) or ``tu-`` and a timm model read at strides 4-32
+(``tu-tf_efficientnet_lite0`` with package weights needs no network). Weights: ``file`` takes a torchvision
+detection checkpoint (the COCO Keypoint R-CNN: body, FPN and keypoint head load, the 17-keypoint predictor is
+replaced) or a classifier's (the body only); ``hub`` downloads torchvision's COCO Keypoint R-CNN for ``resnet50``,
+ImageNet weights for other ResNets, timm's for ``tu-`` models.
 """
 
 from __future__ import annotations
@@ -326,11 +326,8 @@ def create_keypoint_rcnn(pipeline: Pipeline, n_points: int) -> KeypointRCNNModel
     cfg, size = pipeline.model, pipeline.input.size
     if cfg.backbone.startswith("tu-"):
         body, fpn = _timm_body(cfg.backbone.removeprefix("tu-"), cfg)
-        pretrained_cfg = body.model.pretrained_cfg
-        mean, std = (
-            tuple(pretrained_cfg.get("mean", LandmarkModel.mean)),
-            tuple(pretrained_cfg.get("std", LandmarkModel.std)),
-        )
+        mean = tuple(body.model.pretrained_cfg.get("mean", LandmarkModel.mean))
+        std = tuple(body.model.pretrained_cfg.get("std", LandmarkModel.std))
     else:
         body, fpn = _resnet_body(cfg.backbone, cfg.keypoint_rcnn)
         mean, std = LandmarkModel.mean, LandmarkModel.std  # torchvision's GeneralizedRCNNTransform normalisation

@@ -35,7 +35,7 @@ def _take(run, previous, alive, polls=None):
         return next(states) if states is not None else alive
 
     return take_over_dead_locks(
-        run, 1, previous, socket.gethostname(), node_alive, wait_seconds=5, sleep=lambda s: None
+        run, 1, previous, socket.gethostname(), node_alive, wait_seconds=0.2, sleep=lambda s: None
     )
 
 
