@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 import kit
 from kit.errors import KitError
 from kit.io import save_npy, write_json, write_text
+from kit.locks import acquire_lock, process_alive, release_lock, wait_for_lock
 from kit.names import check_name
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 PIPELINE_FILE, SPLIT_FILE, METRICS_FILE, DONE_FILE = "pipeline.yaml", "split.json", "metrics.json", "done.json"
 OOF_FILE, TEST_FILE, REPORT_FILE, LOCK_FILE = "oof.npy", "test.npy", "report.png", ".lock"
 FLIP_FILE = "flip_permutation.txt"
+ASSEMBLY_WAIT_SECONDS = 600.0  # how long an assembler waits for another one writing the same run
 
 
 def names_sha256(file_names: np.ndarray) -> str:
@@ -241,72 +242,6 @@ def _without_other_family_keys(tree: dict) -> dict:
 
 
 @dataclass(frozen=True)
-class LockHolder:
-    pid: int
-    host: str
-    started: float
-
-    def describe(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
-        return f"process {self.pid} on {self.host} (since {when})"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _read_lock(path: Path) -> LockHolder | None:
-    try:
-        data = json.loads(path.read_text())
-        return LockHolder(int(data["pid"]), str(data["host"]), float(data["started"]))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return LockHolder(-1, "?", path.stat().st_mtime if path.exists() else 0.0)  # garbage: treated as stale
-
-
-def acquire_lock(path: Path, what: str) -> None:
-    """Create ``path`` exclusively for this process; a lock of a dead process on this host is taken over.
-
-    Raises:
-        KitError: a live process (or one on another host, which can't be checked) holds it.
-    """
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read_lock(path)
-            if holder is None:
-                continue
-            if holder.pid == me["pid"] and holder.host == me["host"]:
-                return
-            if holder.host == me["host"] and (holder.pid < 0 or not _alive(holder.pid)):
-                path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            raise KitError(
-                f"{path.parent}: {what} is being trained by {holder.describe()}; wait for it or choose "
-                f"other --folds (delete {path.name} if that process is gone)"
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return
-    raise KitError(f"{path}: could not take the lock")
-
-
-def release_lock(path: Path) -> None:
-    holder = _read_lock(path)
-    if holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname():
-        path.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
 class RunDir:
     """The folder of one run, and every read and write of it."""
 
@@ -437,7 +372,7 @@ class RunDir:
         """
         identity = Identity.of(pipeline, split)
         k = max(folds, default=-1) + 1
-        finished = self.check_folds(identity, max(k, self._known_folds()))
+        finished = self.check_folds(identity, max(k, self.known_folds()))
         locks: list[Path] = []
         try:
             for fold in folds:
@@ -450,7 +385,7 @@ class RunDir:
                 for leftover in self.fold_dir(fold).glob(".*.tmp"):  # from a killed writer: the fold is ours now
                     leftover.unlink(missing_ok=True)
                 self._discard_foreign_checkpoint(fold, identity)
-            finished = self.check_folds(identity, max(k, self._known_folds()))  # another process may have finished
+            finished = self.check_folds(identity, max(k, self.known_folds()))  # another process may have finished
             self.record(pipeline, split, flip_perm)
             yield finished
         finally:
@@ -469,7 +404,8 @@ class RunDir:
         else:
             (self.path / FLIP_FILE).unlink(missing_ok=True)
 
-    def _known_folds(self) -> int:
+    def known_folds(self) -> int:
+        """1 + the highest fold folder number present (0 without any)."""
         folds = [int(p.name[4:]) for p in self.path.glob("fold*") if p.name[4:].isdigit()] if self.path.is_dir() else []
         return max(folds, default=-1) + 1
 
@@ -538,7 +474,8 @@ class RunDir:
     def _assembly_lock(self) -> Iterator[None]:
         """One assembler at a time; temp files a killed assembler left in the run folder are removed."""
         lock = self.path / LOCK_FILE
-        acquire_lock(lock, "the run")
+        # Two last folds finishing together both assemble: the second waits, then writes the same run again.
+        wait_for_lock(lock, "the run", seconds=ASSEMBLY_WAIT_SECONDS)
         try:
             for leftover in self.path.glob(".*.tmp"):
                 leftover.unlink(missing_ok=True)
@@ -594,7 +531,7 @@ def new_run_dir(target: RunDir, force: bool) -> Iterator[RunDir]:
             raise KitError(f"{target.path}: exists and is not a kit run; not replacing it")
     for leftover in target.path.parent.glob(f".{target.name}.*"):  # staging folders of killed processes
         pid = leftover.name.rsplit(".", 1)[-1].removeprefix("tmp").removeprefix("old")
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
     staging = target.path.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)

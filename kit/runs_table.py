@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from kit.errors import KitError
+from kit.locks import read_lock
 from kit.names import is_plain_name
-from kit.runs import LOCK_FILE, RunDir, _read_lock, pipeline_sha256
+from kit.runs import LOCK_FILE, RunDir, pipeline_sha256
 from kit.sweep.records import JobRecord, pipeline_file, read_records
 
 SORT_KEYS = ("oof_mse", "fold_mse", "name", "wall_seconds", "images_per_second", "folds_done", "state")
@@ -83,7 +84,7 @@ def _held_locks(run: RunDir, k: int) -> list[str]:
     """The folds whose lock is held by a live process (or one on another host, which can't be checked)."""
     held, host = [], socket.gethostname()
     for fold in range(k):
-        holder = _read_lock(run.fold_dir(fold) / LOCK_FILE)
+        holder = read_lock(run.fold_dir(fold) / LOCK_FILE)
         if holder is not None and holder.pid > 0 and (holder.host != host or _live(holder.pid)):
             held.append(f"fold {fold} on {holder.host} (pid {holder.pid})")
     return held
@@ -116,7 +117,7 @@ def run_row(run: RunDir, k: int | None = None, records: list[JobRecord] = (), bl
         except KitError as exc:
             errors.append(str(exc))
     total = len(metrics.folds) if metrics is not None else k
-    known = total if total is not None else run._known_folds()
+    known = total if total is not None else run.known_folds()
     try:
         summaries = run.finished_folds(known)
     except KitError as exc:

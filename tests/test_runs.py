@@ -19,7 +19,8 @@ from kit.config import load_pipeline
 from kit.data.competition import Competition
 from kit.data.folds import make_folds, write_folds
 from kit.errors import KitError
-from kit.runs import Identity, RunDir, SplitInfo, acquire_lock, load_run, release_lock
+from kit.locks import acquire_lock, release_lock
+from kit.runs import Identity, RunDir, SplitInfo, load_run
 from kit.synth import generate_competition
 from kit.train import fold_train
 
@@ -219,3 +220,20 @@ def test_corrupt_records_are_named(data, tmp_path):
     (run.fold_dir(1) / "done.json").write_text("not json")
     with pytest.raises(KitError, match=r"fold1/done.json: unreadable"):
         run.read_fold(1)
+
+
+def test_an_assembler_waits_for_another_one(tmp_path):
+    import threading
+
+    from kit.locks import wait_for_lock
+
+    lock = tmp_path / ".lock"
+    live = {"pid": os.getppid(), "host": socket.gethostname(), "started": time.time()}
+    lock.write_text(json.dumps(live))
+    started = time.monotonic()
+    with pytest.raises(KitError, match="the run is being trained by process"):
+        wait_for_lock(lock, "the run", seconds=0.3, poll=0.05)
+    assert time.monotonic() - started >= 0.3
+    threading.Timer(0.2, lock.unlink).start()  # the other assembler finishes
+    wait_for_lock(lock, "the run", seconds=5, poll=0.05)
+    assert json.loads(lock.read_text())["pid"] == os.getpid()

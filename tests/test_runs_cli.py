@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from kit.cli import app
 from kit.config import load_pipeline
 from kit.errors import KitError
-from kit.runs import LOCK_FILE, FoldSummary, Identity, RunDir, SplitInfo, acquire_lock, release_lock
+from kit.locks import acquire_lock, release_lock
+from kit.runs import LOCK_FILE, FoldSummary, Identity, RunDir, SplitInfo
 from kit.runs_table import diff_runs, list_runs
 from kit.sweep.records import JobRecord, pipeline_file, write_record
 

@@ -38,6 +38,7 @@ from kit.data.geometry import apply_affine, crop_transform, invert_affine, warp_
 from kit.data.images import load_image
 from kit.errors import DataError
 from kit.io import WriteError, format_bytes, free_bytes, write_error
+from kit.locks import process_alive
 
 CACHE_VERSION = 2  # 2: the key covers every image's name, size and mtime
 _STAT_CHUNK = 4096  # file names stat-ed per thread-pool task
@@ -193,16 +194,6 @@ _BUILD = re.compile(r"crops-.+\.tmp(\d+)")
 _HOST_FILE = "host"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # another user's process (or not a PID): leave its folder alone
-    return True
-
-
 def remove_dead_builds(cache_dir: Path) -> list[Path]:
     """Remove the folders of cache builds whose process (on this host) is no longer alive; return them."""
     if not cache_dir.is_dir():
@@ -211,7 +202,7 @@ def remove_dead_builds(cache_dir: Path) -> list[Path]:
     dead = []
     for folder in cache_dir.glob("crops-*.tmp*"):
         match = _BUILD.fullmatch(folder.name)
-        if match is None or _alive(int(match[1])):
+        if match is None or process_alive(int(match[1])):
             continue
         try:
             owner = (folder / _HOST_FILE).read_text().strip()

@@ -19,25 +19,15 @@ its one-line message naming the holder, and the job fails.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kit.runs import LOCK_FILE, LockHolder, RunDir, _read_lock
+from kit.locks import LockHolder, process_alive, read_lock
+from kit.runs import LOCK_FILE, RunDir
 from kit.sweep.records import JobRecord
 
 NODE_DEATH_WAIT_SECONDS = 120.0  # how long a retry waits for the cluster to declare the previous node dead
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _wait(condition: Callable[[], bool], seconds: float, poll: float, sleep: Callable[[float], None]) -> bool:
@@ -78,11 +68,11 @@ def take_over_dead_locks(
         return []
     notes = []
     for lock in (run_dir.fold_dir(fold) / LOCK_FILE, run_dir.path / LOCK_FILE):
-        holder = _read_lock(lock)
+        holder = read_lock(lock)
         if holder is None or (holder.host, holder.pid) != (previous.host, previous.pid):
             continue  # free, or not our previous attempt's: fold-train decides
         if holder.host == host:
-            _wait(lambda holder=holder: not _process_alive(holder.pid), wait_seconds, poll, sleep)
+            _wait(lambda holder=holder: not process_alive(holder.pid), wait_seconds, poll, sleep)
             continue  # fold-train takes over the lock of a dead process on its own host
         if not _wait(lambda: node_alive(previous.node) is not True, wait_seconds, poll, sleep):
             continue  # the node still shows as alive: its fold-train may be running
@@ -93,7 +83,7 @@ def take_over_dead_locks(
 
 
 def _same_holder(lock: Path, holder: LockHolder) -> bool:
-    current = _read_lock(lock)
+    current = read_lock(lock)
     return current is not None and (current.host, current.pid, current.started) == (
         holder.host,
         holder.pid,

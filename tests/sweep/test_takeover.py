@@ -5,7 +5,8 @@ import socket
 
 import pytest
 
-from kit.runs import LOCK_FILE, RunDir, acquire_lock
+from kit.locks import acquire_lock
+from kit.runs import LOCK_FILE, RunDir
 from kit.sweep.records import JobRecord
 from kit.sweep.takeover import take_over_dead_locks
 

@@ -23,10 +23,14 @@ def _batches(steps: int, batch: int = 4, size: int = 32, n_points: int = 10):
 
 @pytest.mark.parametrize("steps", [8, 16])
 def test_steps_do_not_read_the_device(monkeypatch, steps):
-    pipeline = pipeline_from_dict({
-        "name": "t", "model": {"backbone": "test_resnet"}, "input": {"size": 32},
-        "train": {"batch_size": 4, "epochs": 1, "log_every": 1000, "channels_last": False},
-    })
+    pipeline = pipeline_from_dict(
+        {
+            "name": "t",
+            "model": {"backbone": "test_resnet"},
+            "input": {"size": 32},
+            "train": {"batch_size": 4, "epochs": 1, "log_every": 1000, "channels_last": False},
+        }
+    )
     device = torch.device("cpu")
     model = create_model(pipeline, 10)
     optimizer = make_optimizer(model, pipeline.optim, device)
