@@ -34,12 +34,10 @@ demo: $(STAMP)
 	$(KIT) check $(DEMO_DIR)
 	$(KIT) folds $(DEMO_DIR) --k 3 --seed 0
 	$(KIT) weights import efficientnet-lite0
-	$(KIT) fold-train pipelines/demo_regression.yaml --data $(DEMO_DIR) --out $(RUNS_DIR)
-	$(KIT) fold-train pipelines/demo_heatmap.yaml --data $(DEMO_DIR) --out $(RUNS_DIR)
+	# Both pipelines' 3 folds as 6 jobs, 2 at a time (one core each), then their OOF-weighted blend (demo.csv).
+	$(KIT) sweep sweeps/demo.yaml --data $(DEMO_DIR) --out $(RUNS_DIR) --submissions submissions --jobs 2
 	$(KIT) blend $(RUNS_DIR)/demo_regression --data $(DEMO_DIR) --method mean --name demo_regression --force
 	$(KIT) blend $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --method mean --name demo_heatmap --force
-	$(KIT) blend $(RUNS_DIR)/demo_regression $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --method weights --name demo \
-		--force
 	$(KIT) validate submissions/demo.csv --data $(DEMO_DIR)
 	$(KIT) submit submissions/demo.csv --data $(DEMO_DIR) --competition made-thousand-facial-landmarks \
 		--message "kit demo" --dry-run
