@@ -21,6 +21,8 @@ FAMILY_SECTIONS = {
         "backbone": "tu-test_resnet",
         "heatmap": {"stride": 2, "decoder": "dark", "arch_kwargs": {"decoder_attention_type": "scse"}},
     },
+    "simcc": {"family": "simcc", "backbone": "test_resnet", "simcc": {"split_ratio": 3.0, "sigma": 1.5}},
+    "keypoint_rcnn": {"family": "keypoint_rcnn", "backbone": "tu-test_resnet", "keypoint_rcnn": {"roi_size": 6}},
 }
 
 
