@@ -380,6 +380,7 @@ def test_prepare_names_a_hostile_image(make_competition):
     assert f"{comp.train_image(0)}: image declares 48x40 pixels" in error_line(result)
 
 
+@pytest.mark.slow  # builds big models or spawns processes
 def test_check_decodes_in_worker_processes_for_many_images(make_competition, monkeypatch):
     monkeypatch.setattr(check_module, "_POOL_MIN_IMAGES", 2)
     monkeypatch.setattr(check_module, "_POOL_CHUNK", 2)

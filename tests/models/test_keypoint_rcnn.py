@@ -164,6 +164,7 @@ def test_loss_is_finite_and_decreases_on_a_fixed_batch(target):
     assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses
 
 
+@pytest.mark.slow  # builds big models or spawns processes
 def test_equals_torchvisions_keypoint_path_with_the_full_image_box():
     torch.manual_seed(0)
     reference = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_keypoints=N_POINTS).eval()
@@ -181,6 +182,7 @@ def test_equals_torchvisions_keypoint_path_with_the_full_image_box():
         torch.testing.assert_close(model(x), expected, atol=1e-4 * float(expected.abs().max()), rtol=1e-4)
 
 
+@pytest.mark.slow  # builds big models or spawns processes
 def test_coco_layout_checkpoint_from_a_file(tmp_path):
     # torchvision's COCO checkpoint: 17 keypoints, FrozenBatchNorm2d (no num_batches_tracked), RPN and box head.
     coco = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None)

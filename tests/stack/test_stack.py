@@ -111,6 +111,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------- stack_runs
 
 
+@pytest.mark.slow  # builds big models or spawns processes
 def test_ridge_stack_writes_submission_record_and_picture(comp, tmp_path):
     root, truth, test_truth = comp
     runs = biased_runs(root, truth, test_truth)
