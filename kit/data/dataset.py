@@ -44,7 +44,7 @@ class CropDataset(Dataset):
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
-        """Seed the geometry and flips (called per DataLoader worker, so workers draw different streams)."""
+        """Seed the geometry and flips (per sample, from the sampler's seed: ``kit.train.sampling``)."""
         self._rng = np.random.default_rng(seed)
         if self._augment is not None:
             self._augment.set_random_seed(seed)
@@ -72,12 +72,6 @@ class CropDataset(Dataset):
             if self.augment_cfg.hflip and self._rng.random() < self.augment_cfg.hflip:
                 image, points = hflip(image, points, self.flip_perm)
         return torch.from_numpy(image), torch.from_numpy(np.asarray(points, dtype=np.float32)), self.rows[index]
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a distinct, reproducible augmentation stream per worker and epoch."""
-    info = torch.utils.data.get_worker_info()
-    info.dataset.reseed(info.seed % 2**32)
 
 
 class RawCropBatches(Dataset):
