@@ -112,3 +112,19 @@ def heatmap_adaptive_wing(
         heatmaps, _outer(gy, gx), alpha, omega, epsilon, theta, weight=awing_weight_map(gy, gx, weight, threshold)
     )
     return mean * (h * w)
+
+
+def gaussian_map_kl(logits: torch.Tensor, coords: torch.Tensor, sigma: float) -> torch.Tensor:
+    """KL divergence from separable Gaussian targets at map ``coords`` (B, P, 2) to ``softmax(logits)`` (B, P, M, M).
+
+    Targets are built per axis in log space (a point off the map puts its mass on the nearest edge pixels); the
+    2-D target is never formed. Returns (B, P).
+    """
+    h, w = logits.shape[-2:]
+    log_ty = torch.log_softmax(-((torch.arange(h, device=logits.device) - coords[..., 1:]) ** 2) / (2 * sigma**2), -1)
+    log_tx = torch.log_softmax(-((torch.arange(w, device=logits.device) - coords[..., :1]) ** 2) / (2 * sigma**2), -1)
+    ty, tx = log_ty.exp(), log_tx.exp()
+    log_pred = torch.log_softmax(logits.flatten(-2), dim=-1).view_as(logits)
+    cross = -torch.einsum("bpy,bpyx,bpx->bp", ty, log_pred, tx)
+    entropy = -(ty * log_ty).sum(-1) - (tx * log_tx).sum(-1)
+    return cross - entropy

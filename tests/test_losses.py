@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kit.config import LossConfig
-from kit.losses import adaptive_wing, coordinate_loss, wing
+from kit.losses import adaptive_wing, coordinate_loss, gaussian_map_kl, wing
 
 
 @pytest.mark.parametrize("name", ["mse", "l1", "smooth_l1", "wing", "adaptive_wing"])
@@ -32,3 +32,13 @@ def test_adaptive_wing_continuous_at_theta_and_weighted():
     assert below.item() == pytest.approx(above.item(), rel=1e-3)
     weight = torch.full((3,), 2.0)
     assert adaptive_wing(y + 0.2, y, weight=weight).item() == pytest.approx(2 * adaptive_wing(y + 0.2, y).item())
+
+
+def test_gaussian_map_kl_zero_on_its_target_positive_elsewhere_finite_off_the_map():
+    coords = torch.tensor([[[5.3, 7.6], [2.0, 9.5]]])
+    grid_y, grid_x = torch.arange(12.0), torch.arange(10.0)
+    logits = -((grid_y - coords[..., 1:]) ** 2).unsqueeze(-1) / 2 - ((grid_x - coords[..., :1]) ** 2).unsqueeze(-2) / 2
+    assert float(gaussian_map_kl(logits, coords, 1.0).abs().max()) < 1e-4
+    assert float(gaussian_map_kl(logits, coords + 1.0, 1.0).min()) > 0.1
+    far = gaussian_map_kl(logits, coords + 100.0, 1.0)  # all target mass on the edge pixels, never NaN
+    assert torch.isfinite(far).all() and float(far.min()) > 1.0

@@ -3,7 +3,9 @@
 The decoder stops at the configured stride (Unet, MAnet and Linknet lose their finer blocks; decoders that end
 coarser are followed by bilinear upsampling of the maps, finer ones by average pooling of the features), so at
 stride 4 nothing of input resolution is computed. Targets are built on the device inside the loss (kit.codecs).
-With a heatmap loss the maps are heatmaps regressed onto Gaussians; without one they are logits of soft-argmax.
+With the ``l2`` or ``adaptive_wing`` heatmap loss the maps are heatmaps regressed onto Gaussians; with ``kl`` or
+none they are logits of a spatial softmax (``kl``: KL divergence to the normalised Gaussian target, as in
+SimCC and Keypoint R-CNN; none: integral regression through soft-argmax and the coordinate loss).
 The family's config section is ``HeatmapModelConfig``, its ``heatmap`` subsection ``HeatmapConfig``.
 """
 
@@ -20,10 +22,10 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError
 from torch import nn
 
-from kit.codecs.heatmap import HeatmapCodec, soft_argmax, to_input_coords
+from kit.codecs.heatmap import HeatmapCodec, soft_argmax, to_heatmap_coords, to_input_coords
 from kit.config import ConfigSection, LossConfig, ModelConfig, Pipeline
 from kit.errors import KitError
-from kit.losses import coordinate_loss, heatmap_adaptive_wing, heatmap_l2
+from kit.losses import coordinate_loss, gaussian_map_kl, heatmap_adaptive_wing, heatmap_l2
 from kit.models._registry import register_family
 from kit.models.base import LandmarkModel
 from kit.models.weights import hub_error, load_filtered, pretrained_state_dict
@@ -31,6 +33,7 @@ from kit.models.weights import hub_error, load_filtered, pretrained_state_dict
 # Decoders that are a list of upsampling blocks, block i ending at the (i+1)-th coarsest feature stride.
 _BLOCK_DECODERS = ("Unet", "MAnet", "Linknet")
 _UNSUPPORTED = ("DPT",)  # needs prefix tokens of a ViT encoder
+HEATMAP_VALUE_LOSSES = ("l2", "adaptive_wing")  # losses on heatmap values; the others train logits
 
 
 class HeatmapConfig(ConfigSection):
@@ -40,7 +43,7 @@ class HeatmapConfig(ConfigSection):
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)  # more smp architecture arguments (FPN pyramid widths)
     sigma: float = Field(1.5, gt=0)  # Gaussian sigma of target maps, in heatmap pixels
     sigma_end: float | None = Field(None, gt=0)  # when set, sigma moves linearly from `sigma` to this over the epochs
-    heatmap_loss: Literal["none", "l2", "adaptive_wing"] = "none"
+    heatmap_loss: Literal["none", "l2", "adaptive_wing", "kl"] = "none"
     awing_weight: float = Field(10.0, ge=0)  # Adaptive Wing weighted loss map: 1 + this near the targets' peaks
     coord_weight: float = Field(1.0, ge=0)  # weight of the coordinate loss (section `loss`) on soft-argmax points
     # soft_argmax reads integral (logit) maps; local_soft_argmax and dark suit maps trained with a heatmap loss
@@ -109,7 +112,7 @@ def _dense_terms(
         loss = outputs.new_zeros(())
     if not coords:
         return loss, None
-    return loss, soft_argmax(outputs, "logits" if kind == "none" else "heatmap")
+    return loss, soft_argmax(outputs, "heatmap" if kind in HEATMAP_VALUE_LOSSES else "logits")
 
 
 @functools.cache
@@ -155,8 +158,16 @@ class HeatmapCriterion:
     def __call__(self, outputs: torch.Tensor, target: torch.Tensor, progress: float) -> torch.Tensor:
         with torch.autocast(outputs.device.type, enabled=False):
             target = target.float()
-            gy, gx = self.codec.factors(target, outputs.shape[-2:], progress)
-            loss, coords = self._terms(outputs, gy, gx)
+            if self.kind == "kl":
+                # Eager: the target is built per axis in log space from the coordinates (robust to points off the
+                # map), and the einsum never forms B x P x h x w besides the log-softmax of the maps.
+                logits = outputs.float()
+                heat = to_heatmap_coords(target, self.codec.stride)
+                loss = gaussian_map_kl(logits, heat, self.codec.sigma_at(progress)).mean()
+                coords = soft_argmax(logits, "logits") if self.coord_weight > 0 else None
+            else:
+                gy, gx = self.codec.factors(target, outputs.shape[-2:], progress)
+                loss, coords = self._terms(outputs, gy, gx)
             if coords is not None:
                 points = to_input_coords(coords, self.codec.stride)
                 loss = loss + self.coord_weight * coordinate_loss(points, target, self.loss_cfg)
@@ -319,7 +330,7 @@ def create_heatmap(pipeline: Pipeline, n_points: int) -> HeatmapModel:
         window=hm.window,
         iterations=hm.iterations,
         dark_blur=hm.dark_blur,
-        outputs="logits" if hm.heatmap_loss == "none" else "heatmap",
+        outputs="heatmap" if hm.heatmap_loss in HEATMAP_VALUE_LOSSES else "logits",
     )
     criterion = HeatmapCriterion(codec, hm, pipeline.loss)
     encoder, decoder = create_encoder_decoder(cfg)

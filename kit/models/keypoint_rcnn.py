@@ -54,6 +54,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from kit.codecs.heatmap import argmax_decode, dark_decode, local_soft_argmax, soft_argmax
 from kit.config import ConfigSection, ModelConfig, Pipeline
 from kit.errors import KitError
+from kit.losses import gaussian_map_kl
 from kit.models._registry import register_family
 from kit.models.base import LandmarkModel
 from kit.models.weights import hub_error, load_filtered, pretrained_state_dict
@@ -142,22 +143,6 @@ def to_map_coords(points: torch.Tensor, size: int, map_size: int) -> torch.Tenso
 
 def from_map_coords(coords: torch.Tensor, size: int, map_size: int) -> torch.Tensor:
     return (coords + 0.5) * (size / map_size) - 0.5
-
-
-def gaussian_map_kl(logits: torch.Tensor, coords: torch.Tensor, sigma: float) -> torch.Tensor:
-    """KL divergence from separable Gaussian targets at map ``coords`` (B, P, 2) to ``softmax(logits)`` (B, P, M, M).
-
-    Targets are built per axis in log space (a point off the map puts its mass on the nearest edge pixels); the
-    2-D target is never formed. Returns (B, P).
-    """
-    h, w = logits.shape[-2:]
-    log_ty = torch.log_softmax(-((torch.arange(h, device=logits.device) - coords[..., 1:]) ** 2) / (2 * sigma**2), -1)
-    log_tx = torch.log_softmax(-((torch.arange(w, device=logits.device) - coords[..., :1]) ** 2) / (2 * sigma**2), -1)
-    ty, tx = log_ty.exp(), log_tx.exp()
-    log_pred = torch.log_softmax(logits.flatten(-2), dim=-1).view_as(logits)
-    cross = -torch.einsum("bpy,bpyx,bpx->bp", ty, log_pred, tx)
-    entropy = -(ty * log_ty).sum(-1) - (tx * log_tx).sum(-1)
-    return cross - entropy
 
 
 class TimmFeatures(nn.Module):

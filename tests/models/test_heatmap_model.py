@@ -103,6 +103,8 @@ def test_heatmap_losses_on_perfect_and_separable_targets():
         {"heatmap_loss": "none", "coord_weight": 1.0},
         {"heatmap_loss": "l2", "coord_weight": 0.0},
         {"heatmap_loss": "adaptive_wing", "coord_weight": 0.5, "sigma": 2.0, "sigma_end": 1.0},
+        {"heatmap_loss": "kl", "coord_weight": 0.0, "sigma": 1.5},
+        {"heatmap_loss": "kl", "coord_weight": 0.1},
     ],
 )
 def test_loss_is_finite_and_decreases_on_a_fixed_batch(settings):
@@ -120,6 +122,20 @@ def test_loss_is_finite_and_decreases_on_a_fixed_batch(settings):
         losses.append(loss.item())
     assert all(np.isfinite(losses))
     assert np.mean(losses[-2:]) < 0.95 * np.mean(losses[:2]), losses
+
+
+def test_kl_loss_trains_logits_that_decode_to_its_targets():
+    model = create_model(_pipeline(stride=4, heatmap_loss="kl", coord_weight=0.0, sigma=1.0), N_POINTS)
+    assert model.codec.outputs == "logits"
+    h = SIZE // 4
+    points = 6 + torch.rand(2, N_POINTS, 2) * (SIZE - 13)
+    heat = (points + 0.5) / 4 - 0.5
+    grid = torch.arange(h, dtype=torch.float32)
+    # log of the target Gaussian: zero KL, and the decoders find the points
+    logits = -((grid - heat[..., 1:2]) ** 2).unsqueeze(-1) / 2 - ((grid - heat[..., 0:1]) ** 2).unsqueeze(-2) / 2
+    assert float(model.loss(logits, points, progress=0.0)) < 1e-4
+    assert float(model.loss(logits, points + 4.0, progress=0.0)) > 0.1
+    torch.testing.assert_close(model.codec.decode(logits, "local_soft_argmax"), points, atol=0.25, rtol=0)
 
 
 def test_pretrained_encoder_weights_from_a_local_file(tmp_path):
