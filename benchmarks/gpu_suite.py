@@ -97,16 +97,12 @@ def measure(data: Path, tiny: bool) -> list[Row]:
     big = [] if tiny else ["train.batch_size=1024"]
     regression = run("resnet34 regression 128 px, batch 1024", "resnet34_regression", big, None if tiny else 24000)
     rows.append(Row("  full loop / model step", regression["full_vs_model"], "ratio", 0.9))
-    l2 = run("Unet(resnet34) stride 4, L2, batch 256", "unet_resnet34_heatmap", [], None if tiny else 8000)
-    awing = run("same with Adaptive Wing", "unet_resnet34_heatmap", ["model.heatmap.heatmap_loss=adaptive_wing"])
-    rows.append(
-        Row(
-            "  Adaptive Wing / L2 (model step)",
-            awing["model_images_per_second"] / l2["model_images_per_second"],
-            "ratio",
-            0.8,
-        )
-    )
+    l2_loss = ["model.heatmap.heatmap_loss=l2"]
+    l2 = run("Unet(resnet34) stride 4, L2, batch 256", "unet_resnet34_heatmap", l2_loss, None if tiny else 8000)
+    for loss, label, target in [("adaptive_wing", "Adaptive Wing", 0.8), ("kl", "KL (the pipeline's loss)", None)]:
+        other = run(f"same with {label}", "unet_resnet34_heatmap", [f"model.heatmap.heatmap_loss={loss}"])
+        ratio = other["model_images_per_second"] / l2["model_images_per_second"]
+        rows.append(Row(f"  {label} / L2 (model step)", ratio, "ratio", target))
     infer = _inference(_pipeline("resnet34_regression", tiny, [] if tiny else ["train.batch_size=1024"]), data, batches)
     rows.append(Row("resnet34 inference with flip TTA, batch 1024", infer, "img/s", None if tiny else 30000))
     measured = {

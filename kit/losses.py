@@ -114,17 +114,30 @@ def heatmap_adaptive_wing(
     return mean * (h * w)
 
 
-def gaussian_map_kl(logits: torch.Tensor, coords: torch.Tensor, sigma: float) -> torch.Tensor:
-    """KL divergence from separable Gaussian targets at map ``coords`` (B, P, 2) to ``softmax(logits)`` (B, P, M, M).
+def gaussian_log_factors(
+    coords: torch.Tensor, sigma: float, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-axis log-probabilities ``(log_ty (B, P, h), log_tx (B, P, w))`` of normalised Gaussians at map ``coords``.
 
-    Targets are built per axis in log space (a point off the map puts its mass on the nearest edge pixels); the
-    2-D target is never formed. Returns (B, P).
+    Built in log space, so a point off the map puts its mass on the nearest edge pixels instead of underflowing.
     """
-    h, w = logits.shape[-2:]
-    log_ty = torch.log_softmax(-((torch.arange(h, device=logits.device) - coords[..., 1:]) ** 2) / (2 * sigma**2), -1)
-    log_tx = torch.log_softmax(-((torch.arange(w, device=logits.device) - coords[..., :1]) ** 2) / (2 * sigma**2), -1)
-    ty, tx = log_ty.exp(), log_tx.exp()
+    grid_y = torch.arange(height, device=coords.device, dtype=coords.dtype)
+    grid_x = torch.arange(width, device=coords.device, dtype=coords.dtype)
+    log_ty = torch.log_softmax(-((grid_y - coords[..., 1:]) ** 2) / (2 * sigma**2), -1)
+    log_tx = torch.log_softmax(-((grid_x - coords[..., :1]) ** 2) / (2 * sigma**2), -1)
+    return log_ty, log_tx
+
+
+def softmax_cross_entropy(logits: torch.Tensor, ty: torch.Tensor, tx: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (B, P) from the separable target distribution ``ty[..., :, None] * tx[..., None, :]`` to
+    ``softmax(logits)`` over each map (B, P, h, w); the 2-D target is never formed."""
     log_pred = torch.log_softmax(logits.flatten(-2), dim=-1).view_as(logits)
-    cross = -torch.einsum("bpy,bpyx,bpx->bp", ty, log_pred, tx)
+    return -torch.einsum("bpy,bpyx,bpx->bp", ty, log_pred, tx)
+
+
+def gaussian_map_kl(logits: torch.Tensor, coords: torch.Tensor, sigma: float) -> torch.Tensor:
+    """KL divergence (B, P) from separable Gaussian targets at map ``coords`` (B, P, 2) to ``softmax(logits)``."""
+    log_ty, log_tx = gaussian_log_factors(coords, sigma, *logits.shape[-2:])
+    ty, tx = log_ty.exp(), log_tx.exp()
     entropy = -(ty * log_ty).sum(-1) - (tx * log_tx).sum(-1)
-    return cross - entropy
+    return softmax_cross_entropy(logits, ty, tx) - entropy

@@ -31,6 +31,7 @@ def test_gpu_suite_tiny_prints_every_row_with_its_target(tmp_path):
         "  full loop / model step",
         "Unet(resnet34) stride 4, L2, batch 256: full loop",
         "  Adaptive Wing / L2 (model step)",
+        "  KL (the pipeline's loss) / L2 (model step)",
         "resnet34 inference with flip TTA, batch 1024",
     ):
         assert expected in what

@@ -25,7 +25,13 @@ from torch import nn
 from kit.codecs.heatmap import HeatmapCodec, soft_argmax, to_heatmap_coords, to_input_coords
 from kit.config import ConfigSection, LossConfig, ModelConfig, Pipeline
 from kit.errors import KitError
-from kit.losses import coordinate_loss, gaussian_map_kl, heatmap_adaptive_wing, heatmap_l2
+from kit.losses import (
+    coordinate_loss,
+    gaussian_log_factors,
+    heatmap_adaptive_wing,
+    heatmap_l2,
+    softmax_cross_entropy,
+)
 from kit.models._registry import register_family
 from kit.models.base import LandmarkModel
 from kit.models.weights import hub_error, load_filtered, pretrained_state_dict
@@ -101,13 +107,17 @@ def _dense_terms(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Heatmap loss and soft-argmax coordinates (heatmap pixels): the only terms of size B x P x h x w.
 
-    Casting to float32 happens here, so that under torch.compile it fuses into the loss instead of copying the maps.
+    ``gy``, ``gx`` are the factors of the target maps: peak-1 Gaussians, or for ``kl`` the per-axis target
+    distributions (the loss is then the cross-entropy; the caller subtracts the target's entropy). Casting to
+    float32 happens here, so that under torch.compile it fuses into the loss instead of copying the maps.
     """
     outputs = outputs.float()
     if kind == "l2":
         loss = heatmap_l2(outputs, gy, gx)
     elif kind == "adaptive_wing":
         loss = heatmap_adaptive_wing(outputs, gy, gx, *awing)
+    elif kind == "kl":
+        loss = softmax_cross_entropy(outputs, gy, gx).mean()
     else:
         loss = outputs.new_zeros(())
     if not coords:
@@ -159,12 +169,13 @@ class HeatmapCriterion:
         with torch.autocast(outputs.device.type, enabled=False):
             target = target.float()
             if self.kind == "kl":
-                # Eager: the target is built per axis in log space from the coordinates (robust to points off the
-                # map), and the einsum never forms B x P x h x w besides the log-softmax of the maps.
-                logits = outputs.float()
+                # KL = cross-entropy - entropy of the target; the entropy (B x P, no gradient) is computed here so
+                # that the loss reads 0 on a perfect map.
                 heat = to_heatmap_coords(target, self.codec.stride)
-                loss = gaussian_map_kl(logits, heat, self.codec.sigma_at(progress)).mean()
-                coords = soft_argmax(logits, "logits") if self.coord_weight > 0 else None
+                log_ty, log_tx = gaussian_log_factors(heat, self.codec.sigma_at(progress), *outputs.shape[-2:])
+                ty, tx = log_ty.exp(), log_tx.exp()
+                loss, coords = self._terms(outputs, ty, tx)
+                loss = loss - ((ty * log_ty).sum(-1) + (tx * log_tx).sum(-1)).neg().mean()
             else:
                 gy, gx = self.codec.factors(target, outputs.shape[-2:], progress)
                 loss, coords = self._terms(outputs, gy, gx)
