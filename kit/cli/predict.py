@@ -21,6 +21,7 @@ class DecoderChoice(str, Enum):
     soft_argmax = "soft_argmax"
     local_soft_argmax = "local_soft_argmax"
     dark = "dark"
+    torchvision = "torchvision"  # keypoint_rcnn: bicubic upscaling to the input, as torchvision decodes
 
 
 @handle_errors

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import typing
 
 import numpy as np
 import pytest
@@ -122,11 +123,25 @@ def test_refuses_other_folds_and_decoders_for_regression(finished_run, tmp_path)
         repredict(regression, data, decoder="dark")
 
 
-def test_cli_decoder_choices_are_the_codec_decoders():
+def _decoder_literals(config: type) -> set[str]:
+    """The choices of every ``decoder`` field in a config class and its subsections."""
+    found = set()
+    for name, field in config.model_fields.items():
+        if name == "decoder" and typing.get_origin(field.annotation) is typing.Literal:
+            found |= set(typing.get_args(field.annotation))
+        elif isinstance(field.annotation, type) and hasattr(field.annotation, "model_fields"):
+            found |= _decoder_literals(field.annotation)
+    return found
+
+
+def test_cli_decoder_choices_are_every_familys_decoders():
     from kit.cli.predict import DecoderChoice
     from kit.codecs import DECODERS
+    from kit.models._registry import family_config, list_families
 
-    assert [d.value for d in DecoderChoice] == list(DECODERS)
+    choices = set().union(*(_decoder_literals(family_config(family)) for family in list_families()))
+    assert set(DECODERS) < choices and "torchvision" in choices
+    assert {d.value for d in DecoderChoice} == choices
 
 
 def test_force_replaces_a_run_only_once_the_new_one_is_complete(finished_run, monkeypatch):
