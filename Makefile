@@ -27,7 +27,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# The whole main job on the demo competition: data -> two model families -> blend -> validated, scored submission.
+# The whole main job on the demo competition: data -> two model families -> blend, stack -> validated, scored submission.
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR) $(RUNS_DIR)
 	$(KIT) synth $(DEMO_DIR) --n-train $(DEMO_TRAIN) --n-test $(DEMO_TEST) --seed 0
@@ -38,13 +38,17 @@ demo: $(STAMP)
 	$(KIT) sweep sweeps/demo.yaml --data $(DEMO_DIR) --out $(RUNS_DIR) --submissions submissions --jobs 2
 	$(KIT) blend $(RUNS_DIR)/demo_regression --data $(DEMO_DIR) --method mean --name demo_regression --force
 	$(KIT) blend $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --method mean --name demo_heatmap --force
-	$(KIT) validate submissions/demo.csv --data $(DEMO_DIR)
-	$(KIT) submit submissions/demo.csv --data $(DEMO_DIR) --competition made-thousand-facial-landmarks \
+	# A PCA-ridge stack of the two runs, scored by nested CV against the best blend: the submission.
+	$(KIT) stack $(RUNS_DIR)/demo_regression $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --model pca-ridge \
+		--name demo_stack --force
+	$(KIT) validate submissions/demo_stack.csv --data $(DEMO_DIR)
+	$(KIT) submit submissions/demo_stack.csv --data $(DEMO_DIR) --competition made-thousand-facial-landmarks \
 		--message "kit demo" --dry-run
 	@echo "== demo scores: MSE on the demo's private test answers (original pixels) =="
-	@printf "demo_regression  "; $(KIT) score submissions/demo_regression.csv --data $(DEMO_DIR)
-	@printf "demo_heatmap     "; $(KIT) score submissions/demo_heatmap.csv --data $(DEMO_DIR)
-	@printf "blend (demo.csv) "; $(KIT) score submissions/demo.csv --data $(DEMO_DIR)
+	@printf "demo_regression        "; $(KIT) score submissions/demo_regression.csv --data $(DEMO_DIR)
+	@printf "demo_heatmap           "; $(KIT) score submissions/demo_heatmap.csv --data $(DEMO_DIR)
+	@printf "blend (demo.csv)       "; $(KIT) score submissions/demo.csv --data $(DEMO_DIR)
+	@printf "stack (demo_stack.csv) "; $(KIT) score submissions/demo_stack.csv --data $(DEMO_DIR)
 
 LINTED := kit tests benchmarks
 
