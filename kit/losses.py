@@ -135,9 +135,12 @@ def softmax_cross_entropy(logits: torch.Tensor, ty: torch.Tensor, tx: torch.Tens
     return -torch.einsum("bpy,bpyx,bpx->bp", ty, log_pred, tx)
 
 
+def separable_entropy(log_ty: torch.Tensor, log_tx: torch.Tensor) -> torch.Tensor:
+    """Entropy (B, P) of the separable distribution with per-axis log-probabilities ``log_ty``, ``log_tx``."""
+    return -(log_ty.exp() * log_ty).sum(-1) - (log_tx.exp() * log_tx).sum(-1)
+
+
 def gaussian_map_kl(logits: torch.Tensor, coords: torch.Tensor, sigma: float) -> torch.Tensor:
     """KL divergence (B, P) from separable Gaussian targets at map ``coords`` (B, P, 2) to ``softmax(logits)``."""
     log_ty, log_tx = gaussian_log_factors(coords, sigma, *logits.shape[-2:])
-    ty, tx = log_ty.exp(), log_tx.exp()
-    entropy = -(ty * log_ty).sum(-1) - (tx * log_tx).sum(-1)
-    return softmax_cross_entropy(logits, ty, tx) - entropy
+    return softmax_cross_entropy(logits, log_ty.exp(), log_tx.exp()) - separable_entropy(log_ty, log_tx)

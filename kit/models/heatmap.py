@@ -30,6 +30,7 @@ from kit.losses import (
     gaussian_log_factors,
     heatmap_adaptive_wing,
     heatmap_l2,
+    separable_entropy,
     softmax_cross_entropy,
 )
 from kit.models._registry import register_family
@@ -49,6 +50,8 @@ class HeatmapConfig(ConfigSection):
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)  # more smp architecture arguments (FPN pyramid widths)
     sigma: float = Field(1.5, gt=0)  # Gaussian sigma of target maps, in heatmap pixels
     sigma_end: float | None = Field(None, gt=0)  # when set, sigma moves linearly from `sigma` to this over the epochs
+    # l2 / adaptive_wing: heatmap values onto peak-1 Gaussians; kl: spatial-softmax logits onto normalised Gaussians
+    # (the demo's and GPU pipelines' choice, benchmarks/RECIPES.md); none: integral regression (coord_weight only)
     heatmap_loss: Literal["none", "l2", "adaptive_wing", "kl"] = "none"
     awing_weight: float = Field(10.0, ge=0)  # Adaptive Wing weighted loss map: 1 + this near the targets' peaks
     coord_weight: float = Field(1.0, ge=0)  # weight of the coordinate loss (section `loss`) on soft-argmax points
@@ -169,13 +172,12 @@ class HeatmapCriterion:
         with torch.autocast(outputs.device.type, enabled=False):
             target = target.float()
             if self.kind == "kl":
-                # KL = cross-entropy - entropy of the target; the entropy (B x P, no gradient) is computed here so
-                # that the loss reads 0 on a perfect map.
+                # KL = cross-entropy (the dense term) - the target's entropy (B x P, no gradient), which makes the
+                # loss read 0 on a perfect map.
                 heat = to_heatmap_coords(target, self.codec.stride)
                 log_ty, log_tx = gaussian_log_factors(heat, self.codec.sigma_at(progress), *outputs.shape[-2:])
-                ty, tx = log_ty.exp(), log_tx.exp()
-                loss, coords = self._terms(outputs, ty, tx)
-                loss = loss - ((ty * log_ty).sum(-1) + (tx * log_tx).sum(-1)).neg().mean()
+                loss, coords = self._terms(outputs, log_ty.exp(), log_tx.exp())
+                loss = loss - separable_entropy(log_ty, log_tx).mean()
             else:
                 gy, gx = self.codec.factors(target, outputs.shape[-2:], progress)
                 loss, coords = self._terms(outputs, gy, gx)
