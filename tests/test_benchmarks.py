@@ -39,3 +39,31 @@ def test_gpu_suite_tiny_prints_every_row_with_its_target(tmp_path):
     assert all(row["value"] > 0 for row in rows)
     ratio = next(row for row in rows if row["what"] == "  full loop / model step")
     assert ratio["target"] == 0.9 and ratio["verdict"] in ("ok", "BELOW")
+
+
+@pytest.mark.slow
+def test_recipe_trial_records_oof_private_and_wall_time(tmp_path):
+    from kit.data.competition import Competition
+    from kit.data.folds import make_folds, write_folds
+    from kit.synth import generate_competition
+
+    data = tmp_path / "comp"
+    generate_competition(data, n_train=12, n_test=3, seed=3, n_points=20)
+    write_folds(Competition.load(data).folds_csv, make_folds(Competition.load(data).train.file_names, k=3, seed=0))
+    pipeline = tmp_path / "tiny.yaml"
+    pipeline.write_text(
+        "name: tiny\nmodel: {family: regression, backbone: test_resnet, pretrained: {source: none}}\n"
+        "input: {size: 32, pad: 4}\ntrain: {epochs: 1, batch_size: 4, num_workers: 0, report_images: 0}\n"
+    )
+    out = tmp_path / "trials"
+    env = os.environ | {"KIT": str(Path(sys.executable).parent / "kit"), "PY": sys.executable}
+    script = str(ROOT / "benchmarks" / "recipe_trial.sh")
+    args = [str(data), str(out), "tiny_lr", str(pipeline), "optim.lr=3.0e-3"]
+    result = subprocess.run(["bash", script, *args], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    label, oof, private, seconds, overrides = (out / "trials.tsv").read_text().rstrip("\n").split("\t")
+    metrics = json.loads((out / "runs" / "tiny_lr" / "metrics.json").read_text())
+    assert (label, overrides) == ("tiny_lr", "optim.lr=3.0e-3")
+    assert float(oof) == pytest.approx(metrics["oof_mse"], abs=0.01)
+    assert float(private) > 0 and int(seconds) >= 0
+    assert "lr: 0.003" in (out / "runs" / "tiny_lr" / "pipeline.yaml").read_text()
