@@ -4,6 +4,7 @@ a loopback Kaggle-compatible server on an ephemeral port (no root needed)."""
 from __future__ import annotations
 
 import io
+import signal
 import time
 import zipfile
 from pathlib import Path
@@ -412,6 +413,15 @@ def test_ctrl_c_while_polling_names_the_ref_and_exits_130(kaggle: FakeKaggle, da
     assert "kit submissions --competition facial-landmarks" in line
 
 
+@pytest.fixture
+def python_sigint_handler():
+    """A shell starts background jobs with SIGINT ignored, and Python then installs no handler, so a simulated Ctrl-C
+    would do nothing: give the test process the handler an interactive kit has."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize(
     ("route", "says"),
     [
@@ -420,6 +430,7 @@ def test_ctrl_c_while_polling_names_the_ref_and_exits_130(kaggle: FakeKaggle, da
         ("CreateSubmission", "kit submissions --competition facial-landmarks"),
     ],
 )
+@pytest.mark.usefixtures("python_sigint_handler")
 def test_ctrl_c_during_the_upload_says_what_was_left(kaggle: FakeKaggle, data, good_csv, route, says):
     root, _ = data
     kaggle.interrupt.add(route)  # a real SIGINT-like interrupt of the client's main thread
