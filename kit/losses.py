@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kit.codecs.heatmap import gaussian_log_factors
 from kit.config import LossConfig
 
 
@@ -112,20 +113,6 @@ def heatmap_adaptive_wing(
         heatmaps, _outer(gy, gx), alpha, omega, epsilon, theta, weight=awing_weight_map(gy, gx, weight, threshold)
     )
     return mean * (h * w)
-
-
-def gaussian_log_factors(
-    coords: torch.Tensor, sigma: float, height: int, width: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-axis log-probabilities ``(log_ty (B, P, h), log_tx (B, P, w))`` of normalised Gaussians at map ``coords``.
-
-    Built in log space, so a point off the map puts its mass on the nearest edge pixels instead of underflowing.
-    """
-    grid_y = torch.arange(height, device=coords.device, dtype=coords.dtype)
-    grid_x = torch.arange(width, device=coords.device, dtype=coords.dtype)
-    log_ty = torch.log_softmax(-((grid_y - coords[..., 1:]) ** 2) / (2 * sigma**2), -1)
-    log_tx = torch.log_softmax(-((grid_x - coords[..., :1]) ** 2) / (2 * sigma**2), -1)
-    return log_ty, log_tx
 
 
 def softmax_cross_entropy(logits: torch.Tensor, ty: torch.Tensor, tx: torch.Tensor) -> torch.Tensor:

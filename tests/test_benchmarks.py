@@ -49,7 +49,8 @@ def test_recipe_trial_records_oof_private_and_wall_time(tmp_path):
 
     data = tmp_path / "comp"
     generate_competition(data, n_train=12, n_test=3, seed=3, n_points=60, n_requested=10)
-    write_folds(Competition.load(data).folds_csv, make_folds(Competition.load(data).train.file_names, k=3, seed=0))
+    comp = Competition.load(data)
+    write_folds(comp.folds_csv, make_folds(comp.train.file_names, k=3, seed=0))
     pipeline = tmp_path / "tiny.yaml"
     pipeline.write_text(
         "name: tiny\nmodel: {family: regression, backbone: test_resnet, pretrained: {source: none}}\n"

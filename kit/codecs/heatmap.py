@@ -61,6 +61,20 @@ def gaussian_factors(
     return gaussian_1d(coords[..., 1], sigma, height), gaussian_1d(coords[..., 0], sigma, width)
 
 
+def gaussian_log_factors(
+    coords: torch.Tensor, sigma: float, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-axis log-probabilities ``(log_ty (B, P, h), log_tx (B, P, w))`` of normalised Gaussians at map ``coords``.
+
+    Built in log space, so a point off the map puts its mass on the nearest edge pixels instead of underflowing.
+    """
+    grid_y = torch.arange(height, device=coords.device, dtype=coords.dtype)
+    grid_x = torch.arange(width, device=coords.device, dtype=coords.dtype)
+    log_ty = torch.log_softmax(-((grid_y - coords[..., 1:]) ** 2) / (2 * sigma**2), -1)
+    log_tx = torch.log_softmax(-((grid_x - coords[..., :1]) ** 2) / (2 * sigma**2), -1)
+    return log_ty, log_tx
+
+
 def gaussian_targets(coords: torch.Tensor, sigma: float | torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Gaussian maps (B, P, h, w) with peak 1 at the (sub-pixel) heatmap coordinates (B, P, 2)."""
     gy, gx = gaussian_factors(coords, sigma, height, width)
@@ -237,6 +251,12 @@ class HeatmapCodec:
         """Separable target factors ``(gy, gx)`` for (B, P, 2) input-pixel points, on the points' device."""
         coords = to_heatmap_coords(points.float(), self.stride)
         return gaussian_factors(coords, self.sigma_at(progress), *size)
+
+    def log_factors(
+        self, points: torch.Tensor, size: tuple[int, int], progress: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-axis log-probabilities ``(log_ty, log_tx)`` of the normalised Gaussian targets (the KL loss's)."""
+        return gaussian_log_factors(to_heatmap_coords(points.float(), self.stride), self.sigma_at(progress), *size)
 
     def encode(self, points: torch.Tensor, size: tuple[int, int], progress: float = 0.0) -> torch.Tensor:
         """Target maps (B, P, h, w), peak 1, for (B, P, 2) input-pixel points; ``size`` = (h, w) of the maps."""

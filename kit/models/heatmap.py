@@ -22,12 +22,11 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError
 from torch import nn
 
-from kit.codecs.heatmap import HeatmapCodec, soft_argmax, to_heatmap_coords, to_input_coords
+from kit.codecs.heatmap import HeatmapCodec, soft_argmax, to_input_coords
 from kit.config import ConfigSection, LossConfig, ModelConfig, Pipeline
 from kit.errors import KitError
 from kit.losses import (
     coordinate_loss,
-    gaussian_log_factors,
     heatmap_adaptive_wing,
     heatmap_l2,
     separable_entropy,
@@ -174,8 +173,7 @@ class HeatmapCriterion:
             if self.kind == "kl":
                 # KL = cross-entropy (the dense term) - the target's entropy (B x P, no gradient), which makes the
                 # loss read 0 on a perfect map.
-                heat = to_heatmap_coords(target, self.codec.stride)
-                log_ty, log_tx = gaussian_log_factors(heat, self.codec.sigma_at(progress), *outputs.shape[-2:])
+                log_ty, log_tx = self.codec.log_factors(target, outputs.shape[-2:], progress)
                 loss, coords = self._terms(outputs, log_ty.exp(), log_tx.exp())
                 loss = loss - separable_entropy(log_ty, log_tx).mean()
             else:
