@@ -53,7 +53,9 @@ def import_data(
     round_labels: Annotated[
         bool, typer.Option("--round/--no-round", help="Integer labels, as in the competition.")
     ] = True,
-    requested: Annotated[int, typer.Option(help="Random point indices requested per test image.")] = 30,
+    requested: Annotated[
+        int | None, typer.Option(help="Random point indices requested per test image (default 30, at most all).")
+    ] = None,
     nme_points: Annotated[
         str | None,
         typer.Option("--nme-points", help="Two points whose distance normalises NME (default 36,45 for 68 points)."),

@@ -27,6 +27,7 @@ Decoder = Literal["argmax", "soft_argmax", "local_soft_argmax", "dark"]
 DECODERS: tuple[str, ...] = ("argmax", "soft_argmax", "local_soft_argmax", "dark")
 Outputs = Literal["logits", "heatmap"]
 HEATMAP_FLOOR = 1e-12  # heatmap values below this (background, negatives) weigh nothing in the decoders
+DARK_FLOOR = 1e-10  # the modulated heatmaps are floored here before their log (mmpose's DARK)
 
 
 def log_heatmaps(maps: torch.Tensor, kind: Outputs = "logits") -> torch.Tensor:
@@ -112,10 +113,10 @@ def argmax_decode(maps: torch.Tensor) -> torch.Tensor:
     return torch.stack([ix, iy], dim=-1).float()
 
 
-def _gather_patches(
-    maps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, radius: int, kind: Outputs
+def _gather_values(
+    maps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, radius: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-heatmap patches of side ``2 radius + 1`` centred on (ix, iy): values (B, P, k, k) and in-bounds mask.
+    """Raw map patches of side ``2 radius + 1`` centred on (ix, iy): values (B, P, k, k) and in-bounds mask.
 
     Indices outside the map are clamped to its border (replicate padding); the mask marks the real pixels.
     """
@@ -126,6 +127,14 @@ def _gather_patches(
     index = rows.clamp(0, h - 1).unsqueeze(-1) * w + cols.clamp(0, w - 1).unsqueeze(-2)  # (B, P, k, k)
     values = maps.flatten(-2).gather(-1, index.flatten(-2)).view(index.shape)
     inside = ((rows >= 0) & (rows < h)).unsqueeze(-1) & ((cols >= 0) & (cols < w)).unsqueeze(-2)
+    return values, inside
+
+
+def _gather_patches(
+    maps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, radius: int, kind: Outputs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-heatmap patches of side ``2 radius + 1`` centred on (ix, iy) (replicate padding) and in-bounds mask."""
+    values, inside = _gather_values(maps, ix, iy, radius)
     return log_heatmaps(values, kind), inside
 
 
@@ -171,46 +180,85 @@ def local_soft_argmax(
 
 
 def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    radius = max(1, math.ceil(2 * sigma))
+    """Normalised 1-D Gaussian of ``sigma``, radius ``ceil(2.5 sigma)``: DARK's 11 taps at sigma 2, 17 at sigma 3."""
+    radius = max(1, math.ceil(2.5 * sigma))
     grid = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
     kernel = torch.exp(-(grid**2) / (2 * sigma**2))
     return kernel / kernel.sum()
 
 
+def _modulated_log_patches(
+    maps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, radius: int, blur: float, kind: Outputs
+) -> torch.Tensor:
+    """``log`` of the heatmaps convolved with a Gaussian of sigma ``blur``, on the patches around (ix, iy).
+
+    Equal to modulating each whole map (zero outside it) and reading the patch, but only the pixels the patch
+    depends on are read (side ``2 radius + 1`` plus twice the kernel's radius). Heatmap values are blurred as they
+    are, negatives included (noise averages out); logits as ``exp(logits - max)``. The result is floored at
+    ``DARK_FLOOR`` before the log.
+    """
+    kernel = _gaussian_kernel(blur, maps.device, torch.float32)
+    values, inside = _gather_values(maps, ix, iy, radius + len(kernel) // 2)
+    values = values.float()
+    if kind == "logits":
+        values = torch.exp(values - values.amax(dim=(-2, -1), keepdim=True))
+    heat = values * inside
+    # Separable valid convolution down to the (2 radius + 1)^2 patch.
+    heat = heat.unfold(-1, len(kernel), 1) @ kernel
+    heat = heat.transpose(-1, -2).unfold(-1, len(kernel), 1) @ kernel
+    return torch.log(heat.transpose(-1, -2).clamp_min(DARK_FLOOR))
+
+
+def _axis_derivatives(
+    f: torch.Tensor, index: torch.Tensor, size: int, axis: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First and second derivative of 5 x 5 log patches ``f`` along ``axis`` (-1: x, -2: y) at their centre.
+
+    The first derivative is the central difference at distance 1, the second at distance 2 (DARK's 5-point
+    stencil), at distance 1 one pixel from the map's edge. A peak on the edge itself is not refined along that
+    axis: derivative 0, curvature -1, and the returned mask (whether the axis is refined) is False.
+    """
+    line = f[..., 2, :] if axis == -1 else f[..., :, 2]
+    centre = line[..., 2]
+    near = (index >= 1) & (index <= size - 2)
+    wide = (index >= 2) & (index <= size - 3)
+    d = torch.where(near, (line[..., 3] - line[..., 1]) / 2, torch.zeros_like(centre))
+    d2_wide = (line[..., 4] - 2 * centre + line[..., 0]) / 4
+    d2_near = line[..., 3] - 2 * centre + line[..., 1]
+    d2 = torch.where(wide, d2_wide, torch.where(near, d2_near, torch.full_like(centre, -1.0)))
+    return d, d2, near
+
+
 def dark_refine(maps: torch.Tensor, coords: torch.Tensor, blur: float = 0.0, kind: Outputs = "logits") -> torch.Tensor:
     """DARK refinement (Zhang et al., 2020): one Newton step on the log-heatmap at integer ``coords`` (B, P, 2).
 
-    The log of a Gaussian peak is quadratic, so it is refined exactly. With ``blur`` > 0 the heatmap is first
-    smoothed with a Gaussian of that sigma (the paper's distribution modulation, for noisy maps), locally around
-    each peak. The step is dropped where the Hessian is not negative definite and clipped to one pixel.
+    With ``blur`` > 0 the heatmap is first modulated by a Gaussian of that sigma, which should be the training
+    targets' sigma (mmpose's kernel sizes 11 and 17 at sigma 2 and 3): a noisy peak becomes smooth, and the log of
+    the blurred Gaussian is still a quadratic, refined exactly. Derivatives as mmpose's ``refine_keypoints_dark``:
+    central differences at distance 1, second differences at distance 2, the mixed term from the four diagonal
+    neighbours. The step is dropped where the Hessian is not negative definite, and along an axis where the
+    peak lies on the map's edge; it is clipped to the stencil's two pixels. Batched, no host synchronisation.
     """
+    h, w = maps.shape[-2:]
     ix, iy = coords[..., 0].long(), coords[..., 1].long()
     if blur > 0:
-        kernel = _gaussian_kernel(blur, maps.device, torch.float32)
-        k = len(kernel) // 2
-        patch, _ = _gather_patches(maps, ix, iy, 1 + k, kind)
-        heat = torch.exp(patch - patch.amax(dim=(-2, -1), keepdim=True))
-        # Separable valid convolution: (2k + 3)^2 -> 3 x 3.
-        heat = heat.unfold(-1, len(kernel), 1) @ kernel
-        heat = heat.transpose(-1, -2).unfold(-1, len(kernel), 1) @ kernel
-        patch = torch.log(heat.transpose(-1, -2).clamp_min(1e-30))
+        f = _modulated_log_patches(maps, ix, iy, 2, blur, kind)
     else:
-        patch, _ = _gather_patches(maps, ix, iy, 1, kind)
-    centre, left, right = patch[..., 1, 1], patch[..., 1, 0], patch[..., 1, 2]
-    up, down = patch[..., 0, 1], patch[..., 2, 1]
-    dx, dy = (right - left) / 2, (down - up) / 2
-    dxx, dyy = right - 2 * centre + left, down - 2 * centre + up
-    dxy = (patch[..., 2, 2] - patch[..., 2, 0] - patch[..., 0, 2] + patch[..., 0, 0]) / 4
+        f = _gather_patches(maps, ix, iy, 2, kind)[0]
+    dx, dxx, near_x = _axis_derivatives(f, ix, w, -1)
+    dy, dyy, near_y = _axis_derivatives(f, iy, h, -2)
+    dxy = (f[..., 3, 3] - f[..., 1, 3] - f[..., 3, 1] + f[..., 1, 1]) / 4
+    dxy = torch.where(near_x & near_y, dxy, torch.zeros_like(dxy))
     det = dxx * dyy - dxy**2
     valid = (det > 1e-12) & (dxx < 0)
     safe = torch.where(valid, det, torch.ones_like(det))
-    step_x = torch.where(valid, -(dyy * dx - dxy * dy) / safe, torch.zeros_like(det)).clamp(-1, 1)
-    step_y = torch.where(valid, -(dxx * dy - dxy * dx) / safe, torch.zeros_like(det)).clamp(-1, 1)
+    step_x = torch.where(valid, -(dyy * dx - dxy * dy) / safe, torch.zeros_like(det)).clamp(-2, 2)
+    step_y = torch.where(valid, -(dxx * dy - dxy * dx) / safe, torch.zeros_like(det)).clamp(-2, 2)
     return coords.float() + torch.stack([step_x, step_y], dim=-1)
 
 
 def dark_decode(maps: torch.Tensor, blur: float = 0.0, kind: Outputs = "logits") -> torch.Tensor:
-    """Argmax, then DARK refinement: (B, P, h, w) -> (B, P, 2) heatmap coordinates."""
+    """Argmax, then DARK refinement with modulation sigma ``blur`` (0: none): (B, P, h, w) -> (B, P, 2)."""
     return dark_refine(maps, argmax_decode(maps), blur, kind)
 
 
@@ -224,7 +272,7 @@ class HeatmapCodec:
     decoder: Decoder = "soft_argmax"
     window: int = 5  # box of local_soft_argmax, heatmap pixels (odd)
     iterations: int = 5  # recentring steps of local_soft_argmax
-    dark_blur: float = 1.0  # Gaussian modulation of the dark decoder, heatmap pixels (0: none)
+    dark_blur: float | None = None  # Gaussian modulation sigma of dark, heatmap pixels; None: final sigma, 0: none
     outputs: Outputs = "logits"  # what the network predicts: logits (integral) or heatmap values (Gaussian targets)
 
     def __post_init__(self):
@@ -236,6 +284,8 @@ class HeatmapCodec:
             raise KitError(f"model.heatmap.decoder: '{self.decoder}' (choose from {', '.join(DECODERS)})")
         if self.window < 1 or self.window % 2 == 0:
             raise KitError(f"model.heatmap.window: {self.window} (must be odd and positive)")
+        if self.dark_blur is not None and self.dark_blur < 0:
+            raise KitError(f"model.heatmap.dark_blur: {self.dark_blur} (must be >= 0, or null for the target sigma)")
         if self.outputs not in ("logits", "heatmap"):
             raise ValueError(f"outputs must be 'logits' or 'heatmap', got {self.outputs!r}")
 
@@ -244,6 +294,11 @@ class HeatmapCodec:
         if self.sigma_end is None:
             return self.sigma
         return self.sigma + (self.sigma_end - self.sigma) * min(max(progress, 0.0), 1.0)
+
+    @property
+    def dark_sigma(self) -> float:
+        """Modulation sigma of the dark decoder: ``dark_blur``, or the targets' sigma at the end of training."""
+        return self.sigma_at(1.0) if self.dark_blur is None else self.dark_blur
 
     def factors(
         self, points: torch.Tensor, size: tuple[int, int], progress: float = 0.0
@@ -273,7 +328,7 @@ class HeatmapCodec:
         if decoder == "local_soft_argmax":
             return local_soft_argmax(outputs, self.window, self.iterations, self.outputs)
         if decoder == "dark":
-            return dark_decode(outputs, self.dark_blur, self.outputs)
+            return dark_decode(outputs, self.dark_sigma, self.outputs)
         raise KitError(f"heatmap decoder '{decoder}' (choose from {', '.join(DECODERS)})")
 
     def decode(self, outputs: torch.Tensor, decoder: Decoder | None = None) -> torch.Tensor:

@@ -30,6 +30,7 @@ from kit.synth.competition import landmarks_header
 FORMATS = ("pts", "wflw", "csv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 IMPORT_RECORD = "import.json"
+DEFAULT_REQUESTED = 30  # point indices per test image, as in the competition
 # How far outside its photo a point may lie, as a share of the photo's size, before the label is called broken.
 OUTSIDE_TOLERANCE = 0.25
 # The outer eye corners of the iBUG 68-point scheme: the usual "inter-ocular" normaliser of NME.
@@ -419,7 +420,7 @@ def import_competition(
     spec: CropSpec = CropSpec(),
     test_faces: Sequence[Face] | None = None,
     test_fraction: float | None = None,
-    n_requested: int = 30,
+    n_requested: int | None = None,
     nme_points: tuple[int, int] | None = None,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -429,7 +430,8 @@ def import_competition(
     """Write ``faces`` as a competition in ``out_dir``: train/, test/, private/ answers, groups and provenance.
 
     The test set is ``test_faces``, or ``test_fraction`` of the photos (by group), with ``n_requested`` random
-    point indices per image. With 68 points and no ``nme_points``, NME is normalised by the outer eye corners.
+    point indices per image (default: the competition's 30, or every point of fewer). With 68 points and no
+    ``nme_points``, NME is normalised by the outer eye corners.
 
     Raises:
         DataError: bad input (naming the file), or an output folder that is not empty (without ``force``) or not
@@ -445,6 +447,7 @@ def import_competition(
         faces, test_faces = split_test(faces, test_fraction, spec.seed)
     test_faces = list(test_faces)
     n_points = check_faces(faces + test_faces)
+    n_requested = min(DEFAULT_REQUESTED, n_points) if n_requested is None else n_requested
     if not 1 <= n_requested <= n_points:
         raise ValueError(f"requested points per test image must be in 1..{n_points}, got {n_requested}")
     if nme_points is None and n_points == 68:

@@ -58,7 +58,7 @@ class HeatmapConfig(ConfigSection):
     decoder: Literal["argmax", "soft_argmax", "local_soft_argmax", "dark"] = "soft_argmax"
     window: int = Field(5, ge=1)  # window of local soft-argmax, heatmap pixels (odd)
     iterations: int = Field(5, ge=0)  # recentring steps of local soft-argmax (removes its pull to the window centre)
-    dark_blur: float = Field(1.0, ge=0)  # Gaussian smoothing before DARK refinement, heatmap pixels (0: none)
+    dark_blur: float | None = Field(None, ge=0)  # sigma of DARK's modulation, px (null: final target sigma; 0: none)
     compile_loss: bool = True  # torch.compile the dense loss on CUDA: fuses target maps and loss into few kernels
 
 

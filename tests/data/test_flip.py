@@ -144,3 +144,58 @@ def test_load_permutation_rejects_bad_files(tmp_path, text, message):
     (tmp_path / "flip.txt").write_text(text)
     with pytest.raises(DataError, match=message):
         load_permutation(tmp_path / "flip.txt", n_points=3)
+
+
+# The standard iBUG 68-point left/right pairs (300-W); every other point lies on the mirror axis.
+IBUG68_PAIRS = [
+    *[(i, 16 - i) for i in range(8)],  # jaw
+    *[(17 + i, 26 - i) for i in range(5)],  # brows
+    (31, 35),
+    (32, 34),  # nostrils
+    (36, 45),
+    (37, 44),
+    (38, 43),
+    (39, 42),
+    (40, 47),
+    (41, 46),  # eyes
+    (48, 54),
+    (49, 53),
+    (50, 52),
+    (55, 59),
+    (56, 58),  # outer lips
+    (60, 64),
+    (61, 63),
+    (65, 67),  # inner lips
+]
+
+
+def _ibug68_layout() -> np.ndarray:
+    """A face drawn in the iBUG 68-point order (image axes, mirror axis x = 0), from its parts' geometry."""
+    jaw_angle = np.pi * np.arange(17) / 16
+    jaw = np.stack([-np.cos(jaw_angle), -0.2 + 1.2 * np.sin(jaw_angle)], 1)
+    k = np.arange(5)
+    brow_left = np.stack([-0.8 + 0.16 * k, -0.55 - 0.1 * np.sin(np.pi * k / 4)], 1)
+    brows = np.concatenate([brow_left, brow_left[::-1] * [-1, 1]])
+    bridge = np.stack([np.zeros(4), -0.35 + 0.12 * np.arange(4)], 1)
+    nostrils = np.stack([-0.2 + 0.1 * k, 0.12 + 0.03 * np.abs(k - 2)], 1)
+    eye_angle = np.pi - np.pi / 3 * np.arange(6)  # outer corner, two upper, inner corner, two lower
+    eye_left = np.stack([-0.4 + 0.2 * np.cos(eye_angle), -0.3 - 0.07 * np.sin(eye_angle)], 1)
+    eye_right = eye_left[[3, 2, 1, 0, 5, 4]] * [-1, 1]  # inner corner, two upper, outer corner, two lower
+    outer_angle = np.pi - np.pi / 6 * np.arange(12)
+    outer = np.stack([0.35 * np.cos(outer_angle), 0.45 - 0.15 * np.sin(outer_angle)], 1)
+    inner_angle = np.pi - np.pi / 4 * np.arange(8)
+    inner = np.stack([0.25 * np.cos(inner_angle), 0.45 - 0.06 * np.sin(inner_angle)], 1)
+    return np.concatenate([jaw, brows, bridge, nostrils, eye_left, eye_right, outer, inner])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_derives_the_ibug_68_point_map(seed):
+    rng = np.random.default_rng(seed)
+    layout = _ibug68_layout()
+    assert layout.shape == (68, 2)
+    shapes = np.rint(random_poses(layout, 200, rng, max_angle=20.0, scale=(80.0, 140.0), noise=1.0))
+    expected = np.arange(68)
+    for a, b in IBUG68_PAIRS:
+        expected[a], expected[b] = b, a
+    perm = derive_flip_permutation(shapes)
+    assert int((perm != expected).sum()) == 0, np.flatnonzero(perm != expected)

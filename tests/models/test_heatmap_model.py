@@ -83,6 +83,14 @@ def test_decoder_hooks():
         regression.with_decoder("dark")
 
 
+def test_dark_blur_follows_the_final_target_sigma_unless_set():
+    assert create_model(_pipeline(sigma=2.0), N_POINTS).codec.dark_sigma == 2.0
+    assert create_model(_pipeline(sigma=3.0, sigma_end=1.0), N_POINTS).codec.dark_sigma == 1.0
+    assert create_model(_pipeline(sigma=2.0, dark_blur=0), N_POINTS).codec.dark_sigma == 0.0
+    with pytest.raises(KitError, match="dark_blur"):
+        _pipeline(dark_blur=-1.0)
+
+
 def test_heatmap_losses_on_perfect_and_separable_targets():
     coords = torch.tensor([[[5.3, 7.6], [2.0, 9.5]]])
     gy = torch.exp(-((torch.arange(12.0) - coords[..., 1:2]) ** 2) / 4.5)
