@@ -13,13 +13,25 @@ import numpy as np  # noqa: E402
 from kit.io import atomic_path  # noqa: E402
 
 
-def write_report(path: Path, summaries: list, train_cache, points: np.ndarray, oof: np.ndarray, pipeline) -> None:
-    """Curves (train loss, valid MSE in original pixels) and a grid of validation crops, atomically.
+def write_report(
+    path: Path,
+    summaries: list,
+    train_cache,
+    points: np.ndarray,
+    oof: np.ndarray,
+    pipeline,
+    nme_points: tuple[int, int] | None = None,
+) -> None:
+    """Curves (train loss, valid MSE in original pixels) and a grid of validation crops, atomically; the title
+    and each crop give the MSE and the NME (``nme_points``: the face size's two points, None: the face box).
 
     Args:
         summaries: the folds' ``kit.runs.FoldSummary`` records; train_cache: the training ``CropCache``;
         points: (N, P, 2) training points and oof: (N, P, 2) OOF predictions, in original pixels.
     """
+    from kit.metrics import landmark_scores, nme_per_face, normalisation
+
+    scores = landmark_scores(oof, points, nme_points)
     n_images = min(pipeline.train.report_images, len(oof))
     cols = 6
     rows = 1 + (n_images + cols - 1) // cols
@@ -51,20 +63,24 @@ def write_report(path: Path, summaries: list, train_cache, points: np.ndarray, o
             ax.scatter(t[:, 0], t[:, 1], s=4, c="lime", linewidths=0)
             ax.scatter(p[:, 0], p[:, 1], s=4, c="red", linewidths=0)
             err = float(((oof[row] - points[row]) ** 2).mean())
-            ax.set_title(f"row {row}  MSE {err:.1f}", fontsize=8)
+            nme = float(nme_per_face(oof[row : row + 1], points[row : row + 1], nme_points)[0])
+            ax.set_title(f"row {row}  MSE {err:.1f}  NME {nme:.1f}%", fontsize=8)
             ax.set(xlim=(0, size), ylim=(size, 0))
             ax.axis("off")
-    fig.suptitle(f"{pipeline.name}: green = truth, red = out-of-fold prediction")
+    fig.suptitle(
+        f"{pipeline.name}: OOF {scores} (NME by {normalisation(nme_points)}); "
+        "green = truth, red = out-of-fold prediction"
+    )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
 
 
-def report_writer(train_cache, points: np.ndarray, pipeline):
+def report_writer(train_cache, points: np.ndarray, pipeline, nme_points: tuple[int, int] | None = None):
     """The ``report(path, summaries, oof)`` callback that ``RunDir.assemble`` calls to draw ``report.png``."""
 
     def report(path: Path, summaries: list, oof: np.ndarray) -> None:
-        write_report(path, summaries, train_cache, points, oof, pipeline)
+        write_report(path, summaries, train_cache, points, oof, pipeline, nme_points)
 
     return report

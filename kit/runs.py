@@ -129,6 +129,8 @@ class FoldScore(_Record):
 
     fold: int
     mse: float  # OOF MSE of the fold in original pixels, with the run's TTA
+    nme: float | None = None  # OOF NME of the fold, percent of the face size (None: written by an older kit)
+    failure_rate: float | None = None  # percent of the fold's faces whose NME is above 10%
     best_epoch: int  # -1: no training epoch (re-predicted from another run's checkpoint)
     epochs: int
     wall_seconds: float
@@ -159,6 +161,9 @@ class RunMetrics(_Record):
     backbone: str
     oof_mse: float  # all folds' OOF predictions against landmarks.csv
     folds: tuple[FoldScore, ...]
+    oof_nme: float | None = None  # their NME: mean over faces, percent of the face size (None: an older kit)
+    oof_failure_rate: float | None = None  # percent of faces whose NME is above 10%
+    nme_points: tuple[int, int] | None = None  # the points whose distance is the face size; None: the face box
     wall_seconds: float
     images_per_second: float
     tta: dict
@@ -435,6 +440,7 @@ class RunDir:
         source_oof_mse: float | None = None,
         report: Callable | None = None,
         warn: Callable[[str], None] = print,
+        nme_points: tuple[int, int] | None = None,
     ) -> RunMetrics | None:
         """Combine the finished folds into ``oof.npy``, ``test.npy``, ``report.png`` and ``metrics.json``.
 
@@ -442,6 +448,8 @@ class RunDir:
             truth: (N, P, 2) training points in original pixels; folds: (N,) fold of each row.
             report: optional ``report(path, summaries, oof)`` that writes ``report.png`` (never fatal: a failure
                 is passed to ``warn``).
+            nme_points: the two points whose distance is the face size for the run's and folds' NME (None: the
+                face box, ``kit.metrics``).
 
         Returns:
             The run's metrics, or None while some folds are not finished.
@@ -467,7 +475,19 @@ class RunDir:
         started = time.perf_counter()
         with self._assembly_lock():
             return self._write_run(
-                pipeline, split, identity, truth, oof, test, summaries, lineage, source_oof_mse, report, warn, started
+                pipeline,
+                split,
+                identity,
+                truth,
+                oof,
+                test,
+                summaries,
+                lineage,
+                source_oof_mse,
+                report,
+                warn,
+                started,
+                self._nme(summaries, oof, truth, folds, nme_points),
             )
 
     @contextlib.contextmanager
@@ -483,8 +503,40 @@ class RunDir:
         finally:
             release_lock(lock)
 
+    @staticmethod
+    def _nme(summaries, oof, truth, folds, nme_points) -> dict:
+        """The run's NME fields of ``RunMetrics``, with its folds' scores (each fold's NME from the same OOF rows
+        and normalisation as the run's)."""
+        from kit.metrics import nme_per_face, nme_summary
+
+        per_face = nme_per_face(oof, truth, nme_points)
+        scores = []
+        for s in summaries:
+            nme, failure_rate = nme_summary(per_face[folds == s.fold])
+            scores.append(s.score().model_copy(update={"nme": nme, "failure_rate": failure_rate}))
+        oof_nme, oof_failure_rate = nme_summary(per_face)
+        return {
+            "folds": tuple(scores),
+            "oof_nme": oof_nme,
+            "oof_failure_rate": oof_failure_rate,
+            "nme_points": nme_points,
+        }
+
     def _write_run(
-        self, pipeline, split, identity, truth, oof, test, summaries, lineage, source_oof_mse, report, warn, started
+        self,
+        pipeline,
+        split,
+        identity,
+        truth,
+        oof,
+        test,
+        summaries,
+        lineage,
+        source_oof_mse,
+        report,
+        warn,
+        started,
+        nme,
     ) -> RunMetrics:
         from kit.metrics import mse
 
@@ -500,7 +552,7 @@ class RunDir:
             family=pipeline.model.family,
             backbone=pipeline.model.backbone,
             oof_mse=mse(oof, truth),
-            folds=tuple(s.score() for s in summaries),
+            **nme,  # folds, oof_nme, oof_failure_rate, nme_points
             wall_seconds=sum(s.wall_seconds for s in summaries),
             images_per_second=float(np.mean([s.images_per_second for s in summaries])),
             tta=pipeline.tta.model_dump(),

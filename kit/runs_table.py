@@ -2,7 +2,8 @@
 
 Reads runs only through the run contract (``kit.runs``), the sweep's job records (``RUNS/.sweep/jobs``, for the
 error of a failed job) and the blend records of a submissions folder (``NAME.json``, whose ``inputs[].path``
-name the runs they blend).
+name the runs they blend). A finished run's OOF NME is the one it recorded, or, given the data (``NmeReference``),
+recomputed from its ``oof.npy`` where it recorded another normalisation (or none: an older kit).
 """
 
 from __future__ import annotations
@@ -14,15 +15,31 @@ import socket
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from kit.errors import KitError
 from kit.locks import read_lock
+from kit.metrics import face_sizes, nme_per_face, nme_summary
 from kit.names import is_plain_name
-from kit.runs import LOCK_FILE, RunDir, pipeline_sha256
+from kit.runs import LOCK_FILE, RunDir, names_sha256, pipeline_sha256
 from kit.sweep.records import JobRecord, pipeline_file, read_records
 
-SORT_KEYS = ("oof_mse", "fold_mse", "name", "wall_seconds", "images_per_second", "folds_done", "state")
+if TYPE_CHECKING:
+    from kit.data.competition import Competition
+
+SORT_KEYS = (
+    "oof_mse",
+    "oof_nme",
+    "oof_failure_rate",
+    "fold_mse",
+    "name",
+    "wall_seconds",
+    "images_per_second",
+    "folds_done",
+    "state",
+)
 SHORT = 10  # characters of a hash shown
 
 
@@ -40,6 +57,9 @@ class RunRow:
     folds_done: int = 0
     folds_total: int | None = None  # None: unknown (an unfinished run, without --data)
     oof_mse: float | None = None  # all folds' OOF predictions (finished runs)
+    oof_nme: float | None = None  # their NME, percent of the face size (None: not known)
+    oof_failure_rate: float | None = None  # percent of faces whose NME is above 10%
+    nme_points: tuple[int, int] | None = None  # the face size's two points for oof_nme; None: the face box
     fold_mse: float | None = None  # mean of the finished folds' MSE
     fold_mse_std: float | None = None  # their spread (standard deviation)
     wall_seconds: float | None = None
@@ -52,6 +72,24 @@ class RunRow:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class NmeReference:
+    """The data's training landmarks and NME normalisation, to recompute a run's OOF NME against."""
+
+    points: np.ndarray  # (N, P, 2) training landmarks
+    sizes: np.ndarray  # (N,) face sizes
+    nme_points: tuple[int, int] | None  # None: the face box
+    train_names_sha256: str
+
+    @classmethod
+    def of(cls, comp: Competition, nme_points: tuple[int, int] | None = None) -> NmeReference:
+        """``comp``'s training faces, normalised by ``nme_points`` (default: the data's ``nme_points.txt``)."""
+        pair = comp.resolve_nme_points(nme_points)
+        points = comp.train.points
+        sizes = face_sizes(points, pair, source=str(comp.train_csv), names=comp.train.file_names)
+        return cls(points, sizes, pair, names_sha256(comp.train.file_names))
 
 
 def blend_users(submissions_dir: str | Path) -> dict[Path, list[str]]:
@@ -96,8 +134,31 @@ def _spread(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
 
 
-def run_row(run: RunDir, k: int | None = None, records: list[JobRecord] = (), blends=None) -> RunRow:
-    """The row of one run folder; what can't be read becomes the row's error (state ``failed``)."""
+def _oof_nme(run: RunDir, metrics, reference: NmeReference | None) -> tuple[float | None, float | None, tuple | None]:
+    """The run's OOF NME, failure rate and normalisation: recorded, or recomputed against ``reference`` when the
+    run recorded another normalisation (or none) and was trained on the same rows."""
+    recorded = (metrics.oof_nme, metrics.oof_failure_rate, metrics.nme_points)
+    if reference is None or (metrics.oof_nme is not None and metrics.nme_points == reference.nme_points):
+        return recorded
+    split = metrics.split
+    if split.train_names_sha256 != reference.train_names_sha256 or split.n_points != reference.points.shape[1]:
+        return recorded  # trained on other data: its own figure, if any
+    oof = run.load().oof
+    return *nme_summary(nme_per_face(oof, reference.points, sizes=reference.sizes)), reference.nme_points
+
+
+def run_row(
+    run: RunDir,
+    k: int | None = None,
+    records: list[JobRecord] = (),
+    blends=None,
+    reference: NmeReference | None = None,
+) -> RunRow:
+    """The row of one run folder; what can't be read becomes the row's error (state ``failed``).
+
+    Args:
+        reference: the data's landmarks, to recompute the OOF NME of a run that recorded another normalisation.
+    """
     row = RunRow(
         name=run.name, path=str(run.path), state="partial", blends=list((blends or {}).get(run.path.resolve(), []))
     )
@@ -132,6 +193,10 @@ def run_row(run: RunDir, k: int | None = None, records: list[JobRecord] = (), bl
             metrics.wall_seconds,
             metrics.images_per_second,
         )
+        try:
+            row.oof_nme, row.oof_failure_rate, row.nme_points = _oof_nme(run, metrics, reference)
+        except KitError as exc:
+            errors.append(str(exc))
         row.family, row.backbone = row.family or metrics.family, row.backbone or metrics.backbone
         if metrics.identity is not None:
             row.pipeline_sha, row.split_sha = (
@@ -185,11 +250,14 @@ def list_runs(
     submissions_dir: str | Path = "submissions",
     sort: str = "oof_mse",
     folds: int | None = None,
+    reference: NmeReference | None = None,
 ) -> list[RunRow]:
     """Every run under ``runs_dir``, best first by ``sort`` (runs without that value last).
 
     Args:
         folds: k of the split, when known (``--data``): an unfinished run's total folds.
+        reference: the data's landmarks (``--data``): runs that recorded another NME normalisation (or none) get
+            their OOF NME recomputed against them.
 
     Raises:
         KitError: ``runs_dir`` is not a folder, or ``sort`` is not a column.
@@ -205,7 +273,7 @@ def list_runs(
     for path in sorted(runs_dir.iterdir()):
         run = RunDir(path)
         if path.is_dir() and is_plain_name(path.name) and run.is_run():
-            rows.append(run_row(run, folds, [r for r in records if r.run == path.name], blends))
+            rows.append(run_row(run, folds, [r for r in records if r.run == path.name], blends, reference))
     listed = {row.name for row in rows}
     for name in sorted({r.run for r in records} - listed):
         if is_plain_name(name) and not (runs_dir / name).exists():

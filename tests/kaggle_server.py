@@ -15,6 +15,7 @@ from __future__ import annotations
 import _thread
 import base64
 import json
+import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -185,12 +186,21 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-request (the Ctrl-C tests do it on purpose) is not the server's error: without this,
+    socketserver prints a traceback on stderr, where the CLI test that caused it may still be capturing."""
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class KaggleServer:
     """Run a FakeKaggle on 127.0.0.1 in a background thread (context manager)."""
 
     def __init__(self, state: FakeKaggle | None = None):
         self.state = state or FakeKaggle()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
+        self._server = _QuietServer(("127.0.0.1", 0), _handler(self.state))
         self.state.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 

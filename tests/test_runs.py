@@ -113,6 +113,7 @@ def test_cli_refuses_an_escaping_run_name(data, tmp_path):
     [
         (["--folds", "7"], "--folds '7': the split has 3 folds"),
         (["--set", "model.backbone=resnet999"], "unknown timm model 'resnet999'"),
+        (["--nme-points", "36,100"], "--nme-points: point 100 out of range (the faces have 100 points"),
     ],
 )
 def test_bad_pipeline_fails_before_any_work_and_the_fix_starts_cleanly(data, tmp_path, bad, message):
@@ -237,3 +238,92 @@ def test_an_assembler_waits_for_another_one(tmp_path):
     threading.Timer(0.2, lock.unlink).start()  # the other assembler finishes
     wait_for_lock(lock, "the run", seconds=5, poll=0.05)
     assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def _assembled(tmp_path, nme_points=None):
+    """A run written through the contract (no training): 3 folds of 4 faces, fold 1's faces 5 px off."""
+    from kit.runs import FoldSummary
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 50, (12, 5, 2)).astype(np.float32)
+    fold_of = np.arange(12) % 3
+    oof = truth.copy()
+    oof[fold_of == 1, 0] += np.array([3.0, 4.0], np.float32)  # point 0 of fold 1's faces: 5 px off
+    split = SplitInfo(folds_sha256="f" * 64, train_names_sha256="a" * 64, test_names_sha256="b" * 64, n_points=5)
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nmodel: {backbone: resnet18}\n")
+    pipeline = load_pipeline(path)
+    run = RunDir.under(tmp_path / "runs", "p")
+    run.record(pipeline, split, None)
+    for fold in range(3):
+        rows = fold_of == fold
+        summary = FoldSummary(
+            fold=fold,
+            mse=float(np.mean((oof[rows] - truth[rows]) ** 2)),
+            best_epoch=0,
+            epochs=1,
+            wall_seconds=1.0,
+            images_per_second=1.0,
+            identity=Identity.of(pipeline, split),
+            n_train=8,
+            n_valid=4,
+        )
+        run.write_fold(fold, summary, oof[rows], np.zeros((2, 5, 2)))
+    return run, run.assemble(pipeline, split, truth, fold_of, nme_points=nme_points), truth
+
+
+@pytest.mark.parametrize("nme_points", [None, (1, 3)])
+def test_assembly_records_the_nme_of_the_run_and_its_folds(tmp_path, nme_points):
+    run, metrics, truth = _assembled(tmp_path, nme_points)
+    if nme_points is None:  # the face box
+        extent = truth.max(axis=1) - truth.min(axis=1)
+        sizes = np.sqrt(extent[:, 0] * extent[:, 1])
+    else:
+        sizes = np.hypot(*(truth[:, 1] - truth[:, 3]).T)
+    per_face = np.where(np.arange(12) % 3 == 1, 100 * (5 / 5) / sizes, 0.0)  # 5 px on 1 of 5 points
+    on_disk = json.loads(run.metrics_file.read_text())
+    assert on_disk["oof_nme"] == pytest.approx(per_face.mean()) == metrics.oof_nme
+    assert on_disk["oof_failure_rate"] == pytest.approx(100 * np.mean(per_face > 10)) == metrics.oof_failure_rate
+    assert on_disk["nme_points"] == (list(nme_points) if nme_points else None)
+    assert [f["nme"] for f in on_disk["folds"]] == pytest.approx([0.0, per_face[1::3].mean(), 0.0])
+    assert on_disk["folds"][1]["failure_rate"] == pytest.approx(100 * np.mean(per_face[1::3] > 10))
+    assert load_run(run.path).metrics == metrics
+
+
+def test_records_of_older_kits_load_without_nme(tmp_path):
+    run, _, _ = _assembled(tmp_path)
+    old = json.loads(run.metrics_file.read_text())
+    for key in ("oof_nme", "oof_failure_rate", "nme_points"):
+        del old[key]
+    for fold in old["folds"]:
+        del fold["nme"], fold["failure_rate"]
+    run.metrics_file.write_text(json.dumps(old))
+    metrics = load_run(run.path).metrics
+    assert (metrics.oof_nme, metrics.oof_failure_rate, metrics.nme_points) == (None, None, None)
+    assert metrics.folds[1].nme is None and metrics.oof_mse > 0
+    done = json.loads((run.fold_dir(1) / "done.json").read_text())
+    assert "nme" in done  # written by this kit: None for a summary built without it
+    del done["nme"], done["failure_rate"]
+    (run.fold_dir(1) / "done.json").write_text(json.dumps(done))
+    assert run.read_fold(1).nme is None
+
+
+def test_fold_train_prints_the_nme_beside_the_mse_and_passes_nme_points(tmp_path, monkeypatch):
+    import kit.train
+
+    _, metrics, _ = _assembled(tmp_path, (1, 3))
+    seen = {}
+
+    def fake_fold_train(pipeline, data, **kwargs):
+        seen.update(kwargs)
+        return metrics
+
+    monkeypatch.setattr(kit.train, "fold_train", fake_fold_train)
+    path = tmp_path / "p.yaml"
+    result = CliRunner().invoke(app, ["fold-train", str(path), "--data", str(tmp_path), "--nme-points", "1,3"])
+    assert result.exit_code == 0, result.output
+    assert seen["nme_points"] == (1, 3)
+    line = f"OOF MSE {metrics.oof_mse:.4f}  NME {metrics.oof_nme:.2f}%  >10%: {metrics.oof_failure_rate:.1f}%"
+    assert result.output.splitlines()[-1] == line
+    result = CliRunner().invoke(app, ["fold-train", str(path), "--data", str(tmp_path), "--nme-points", "1;3"])
+    assert result.exit_code == 1 and "--nme-points '1;3': expected two point numbers A,B" in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from kit.cli import app
 from kit.config import load_pipeline
 from kit.errors import KitError
 from kit.locks import acquire_lock, release_lock
-from kit.runs import LOCK_FILE, FoldSummary, Identity, RunDir, SplitInfo
+from kit.runs import LOCK_FILE, FoldSummary, Identity, RunDir, SplitInfo, load_run
 from kit.runs_table import diff_runs, list_runs
 from kit.sweep.records import JobRecord, pipeline_file, write_record
 
@@ -94,6 +95,9 @@ def test_one_row_per_run_best_first(runs, tmp_path):
     assert broken.backbone == "no_such_model" and broken.folds_done == 0
     assert [row.name for row in list_runs(runs, tmp_path / "subs", sort="name")] == ["broken", "good", "half", "worse"]
     assert list_runs(runs, tmp_path / "subs", folds=3)[-1].folds_total == 3
+    # the OOF NME as the run recorded it (face box), none for unfinished runs
+    assert good.oof_nme == load_run(runs / "good").metrics.oof_nme and 0 < good.oof_nme < worse.oof_nme
+    assert good.oof_failure_rate is not None and good.nme_points is None and half.oof_nme is None
 
 
 def test_states_running_and_unreadable(runs, tmp_path):
@@ -118,6 +122,9 @@ def test_cli_table_and_json(runs, tmp_path):
     assert order == sorted(order)
     good = next(line for line in lines if " good " in line)
     assert "3/3" in good and "finished" in good and "best, solo" in good and "±" in good
+    assert "OOF NME" in result.output and ">10%" in result.output
+    metrics = load_run(runs / "good").metrics
+    assert f" {metrics.oof_nme:.2f}% " in good and f" {metrics.oof_failure_rate:.1f}% " in good
     assert "failed: fold 0: model.backbone" in result.output and "1/?" in result.output
 
     result = runner.invoke(
@@ -127,6 +134,20 @@ def test_cli_table_and_json(runs, tmp_path):
     rows = json.loads(result.output)
     assert [row["name"] for row in rows] == ["broken", "good", "half", "worse"]
     assert rows[1]["state"] == "finished" and rows[1]["blends"] == ["best", "solo"] and rows[1]["oof_mse"] > 0
+    assert rows[1]["oof_nme"] == load_run(runs / "good").metrics.oof_nme and rows[1]["nme_points"] is None
+    assert "oof_failure_rate" in rows[1] and rows[2]["oof_nme"] is None
+
+    # sorted by NME, worst first when the order is reversed by making the good run's NME the worst
+    metrics = json.loads((runs / "good" / "metrics.json").read_text())
+    (runs / "good" / "metrics.json").write_text(json.dumps(metrics | {"oof_nme": 1e6}))
+    result = runner.invoke(app, ["runs", str(runs), "--json", "--sort", "oof_nme"])
+    assert [row["name"] for row in json.loads(result.output)][:2] == ["worse", "good"]
+    assert [row["name"] for row in json.loads(runner.invoke(app, ["runs", str(runs), "--json"]).output)][:2] == [
+        "good",
+        "worse",
+    ]
+    result = runner.invoke(app, ["runs", str(runs), "--nme-points", "0,1"])
+    assert result.exit_code == 1 and "--nme-points needs --data" in result.output
 
     result = runner.invoke(app, ["runs", str(runs), "--sort", "speed"])
     assert result.exit_code == 1 and "--sort speed: choose one of" in result.output
@@ -148,3 +169,59 @@ def test_diff_names_the_keys_that_differ(runs, tmp_path):
     assert result.exit_code == 1 and "not a kit run folder" in result.output
     with pytest.raises(KitError, match="not a kit run folder"):
         diff_runs(runs, "good", str(tmp_path))
+
+
+def test_with_data_a_run_of_another_normalisation_gets_its_nme_recomputed(make_competition, tmp_path):
+    from kit.data.competition import Competition
+    from kit.data.folds import make_folds, write_folds
+
+    tiny = make_competition(n_train=9, n_points=6)
+    comp = Competition.load(tiny.root)
+    write_folds(comp.folds_csv, make_folds(comp.train.file_names, k=3, seed=0))
+    split, truth = SplitInfo.of(comp), comp.train.points.astype(np.float32)
+    fold_of = np.asarray(make_folds(comp.train.file_names, k=3, seed=0)["fold"])
+    pipeline = _pipeline(tmp_path, "run")
+    run = RunDir.under(tmp_path / "runs", "run")
+    run.record(pipeline, split, None)
+    oof = truth + np.array([3.0, 4.0], np.float32)  # every point 5 px off
+    for fold in range(3):
+        rows = fold_of == fold
+        summary = FoldSummary(
+            fold=fold,
+            mse=12.5,
+            best_epoch=0,
+            epochs=1,
+            wall_seconds=1.0,
+            images_per_second=1.0,
+            identity=Identity.of(pipeline, split),
+            n_train=6,
+            n_valid=3,
+        )
+        run.write_fold(fold, summary, oof[rows], np.zeros((len(comp.test), 6, 2)))
+    recorded = run.assemble(pipeline, split, truth, fold_of)  # the face box
+    eyes = np.hypot(*(truth[:, 0] - truth[:, 1]).T.astype(np.float64))
+
+    def listed(*options):
+        result = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--json", *options])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)[0]
+
+    row = listed("--data", str(tiny.root))  # the same normalisation: the recorded figure
+    assert (row["oof_nme"], row["nme_points"]) == (recorded.oof_nme, None)
+    row = listed("--data", str(tiny.root), "--nme-points", "0,1")
+    assert row["oof_nme"] == pytest.approx(np.mean(500 / eyes)) and row["nme_points"] == [0, 1]
+    assert row["oof_failure_rate"] == pytest.approx(100 * np.mean(500 / eyes > 10))
+    (tiny.root / "nme_points.txt").write_text("0 1\n")
+    assert listed("--data", str(tiny.root))["oof_nme"] == pytest.approx(np.mean(500 / eyes))
+    assert listed()["oof_nme"] == recorded.oof_nme  # without the data: as recorded
+    result = runner.invoke(
+        app, ["runs", str(tmp_path / "runs"), "--data", str(tiny.root), "--nme-points", "0,9"], env={"COLUMNS": "300"}
+    )
+    assert result.exit_code == 1 and "--nme-points: point 9 out of range (the faces have 6 points" in result.output
+    # a table of runs measured differently names each one's normalisation
+    (tiny.root / "nme_points.txt").unlink()
+    shutil.copytree(run.path, tmp_path / "runs" / "copy")
+    metrics = json.loads((tmp_path / "runs" / "copy" / "metrics.json").read_text())
+    (tmp_path / "runs" / "copy" / "metrics.json").write_text(json.dumps(metrics | {"nme_points": [0, 1]}))
+    result = runner.invoke(app, ["runs", str(tmp_path / "runs")], env={"COLUMNS": "300"})
+    assert "(face box)" in result.output and "(points 0-1)" in result.output

@@ -15,13 +15,23 @@ from kit.blend.inputs import (
     check_finite_test,
     check_matches_data,
     check_same_split,
+    nme_record,
     prepare_inputs,
     provenance,
     write_outputs,
 )
-from kit.blend.nested import NestedScore, fold_point_grams, nested_cv, run_point_mse
+from kit.blend.nested import (
+    NestedScore,
+    face_nme,
+    fold_point_grams,
+    in_sample_blend,
+    nested_blend,
+    nested_cv,
+    run_point_mse,
+)
 from kit.blend.report import plot_point_errors
 from kit.blend.weights import Method
+from kit.metrics import Scores, nme_summary
 from kit.runs import Run
 
 __all__ = ["BlendResult", "RunScore", "blend_runs", "check_matches_data", "check_same_split"]
@@ -38,6 +48,9 @@ class BlendResult:
     csv: Path
     json: Path
     png: Path
+    blend_scores: Scores  # nested CV: MSE (= blend_mse), NME and failure rate
+    in_sample_scores: Scores  # the all-folds weights on the rows they were fitted on
+    nme_points: tuple[int, int] | None  # the face size's two points for NME; None: the face box
 
     @property
     def best_run(self) -> RunScore:
@@ -71,12 +84,14 @@ def blend_runs(
     name: str | None = None,
     out_dir: str | Path = Path("submissions"),
     force: bool = False,
+    nme_points: tuple[int, int] | None = None,
 ) -> BlendResult:
     """Blend finished runs and write ``out_dir/NAME.csv``, ``NAME.json`` and ``NAME.png``.
 
     The weights are fitted on the runs' OOF predictions; the reported blend MSE comes from nested CV over the
     folds of ``folds.csv`` (weights fitted on the other folds, scored on the held-out one), so it is comparable
-    with a single run's OOF MSE. The test predictions are blended with the weights fitted on all folds.
+    with a single run's OOF MSE; so does its NME (``nme_points``: the face size's two points, default the data's
+    ``nme_points.txt``, else the face box). The test predictions are blended with the weights fitted on all folds.
 
     Outputs never overwrite inputs or earlier results: ``out_dir`` must lie outside the competition folder and the
     run folders, and an existing NAME.csv, NAME.json or NAME.png is refused unless ``force``, which replaces all
@@ -87,7 +102,7 @@ def blend_runs(
             is not a plain name, ``out_dir`` is inside the data or a run, or the outputs exist (without ``force``).
     """
     method = Method(method)
-    inputs = prepare_inputs(run_dirs, data_dir, name or f"blend-{method.value}", out_dir, force)
+    inputs = prepare_inputs(run_dirs, data_dir, name or f"blend-{method.value}", out_dir, force, nme_points)
     comp, runs, labels, folds, n_folds = inputs.comp, inputs.runs, inputs.labels, inputs.folds, inputs.n_folds
     csv_path, json_path, png_path = inputs.outputs
     name = inputs.name
@@ -104,6 +119,17 @@ def blend_runs(
 
     blended = _blend_test(runs, weights)
     check_finite_test(runs, blended)
+    # NME from the same held-out predictions as the nested-CV MSE, in one more pass over the rows
+    per_run, per_face = face_nme(
+        [run.oof for run in runs],
+        truth,
+        folds,
+        inputs.sizes,
+        {"nested": nested_blend(score), "in-sample": in_sample_blend(score)},
+    )
+    run_nme = [nme_summary(faces) for faces in per_run]
+    nested = Scores(score.mse, *nme_summary(per_face["nested"]))
+    in_sample = Scores(score.in_sample_mse, *nme_summary(per_face["in-sample"]))
 
     best = int(np.argmin(oof_mse))
     record = {
@@ -112,14 +138,25 @@ def blend_runs(
         "submission": csv_path.name,
         **provenance(comp, runs, labels, n_folds),
         "runs": [
-            {"run": label, "oof_mse": float(mse), "weight": round(float(w), 6)}
-            for label, mse, w in zip(labels, oof_mse, global_weights, strict=True)
+            {
+                "run": label,
+                "oof_mse": float(mse),
+                "oof_nme": nme,
+                "oof_failure_rate": failed,
+                "weight": round(float(w), 6),
+            }
+            for label, mse, (nme, failed), w in zip(labels, oof_mse, run_nme, global_weights, strict=True)
         ],
         "best_run": labels[best],
         "blend_mse": score.mse,
         "blend_mse_note": "nested CV: weights fitted on the other folds, scored on the held-out fold",
         "blend_fold_mse": [float(v) for v in score.fold_mse],
+        "blend_nme": nested.nme,
+        "blend_failure_rate": nested.failure_rate,
         "in_sample_mse": score.in_sample_mse,
+        "in_sample_nme": in_sample.nme,
+        "in_sample_failure_rate": in_sample.failure_rate,
+        **nme_record(inputs.nme_points),
         **_weights_record(score, labels),
         "fit": score.fit.info,
     }
@@ -140,8 +177,8 @@ def blend_runs(
         name=name,
         method=method,
         runs=[
-            RunScore(label, run.path, float(mse), float(w))
-            for label, run, mse, w in zip(labels, runs, oof_mse, global_weights, strict=True)
+            RunScore(label, run.path, float(mse), float(w), nme, failed)
+            for label, run, mse, (nme, failed), w in zip(labels, runs, oof_mse, run_nme, global_weights, strict=True)
         ],
         blend_mse=score.mse,
         in_sample_mse=score.in_sample_mse,
@@ -149,4 +186,7 @@ def blend_runs(
         csv=csv_path,
         json=json_path,
         png=png_path,
+        blend_scores=nested,
+        in_sample_scores=in_sample,
+        nme_points=inputs.nme_points,
     )

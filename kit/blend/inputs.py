@@ -17,6 +17,7 @@ from kit.data.competition import Competition
 from kit.data.folds import load_folds
 from kit.errors import DataError, KitError
 from kit.io import atomic_path, file_sha256, refuse_inside, write_json
+from kit.metrics import FAILURE_NME, face_sizes, normalisation
 from kit.names import check_name
 from kit.runs import Run, load_run, names_sha256
 from kit.submit.format import write_submission
@@ -30,6 +31,8 @@ class RunScore:
     path: Path
     oof_mse: float  # recomputed against landmarks.csv
     weight: float  # the run's weight (averaged over points for per-point weights)
+    oof_nme: float  # percent of the face size, against landmarks.csv
+    oof_failure_rate: float  # percent of faces whose NME is above 10%
 
 
 def _short(digest: str) -> str:
@@ -167,16 +170,27 @@ class Inputs:
     folds: np.ndarray  # (N,) fold of each training row
     n_folds: int
     outputs: tuple[Path, Path, Path]  # NAME.csv, NAME.json, NAME.png
+    nme_points: tuple[int, int] | None = None  # the face size's two points for NME; None: the face box
+    sizes: np.ndarray | None = None  # (N,) the training faces' sizes for NME
 
 
 def prepare_inputs(
-    run_dirs: Sequence[str | Path], data_dir: str | Path, name: str, out_dir: str | Path, force: bool
+    run_dirs: Sequence[str | Path],
+    data_dir: str | Path,
+    name: str,
+    out_dir: str | Path,
+    force: bool,
+    nme_points: tuple[int, int] | None = None,
 ) -> Inputs:
     """Load and check the runs against each other and the data, and the outputs' place.
 
+    Args:
+        nme_points: the face size's two points for NME (default: the data's ``nme_points.txt``, else the face box).
+
     Raises:
         KitError: ``name`` is not a plain name, ``out_dir`` is inside the data or a run, the outputs exist (without
-            ``force``), a run is missing or malformed, runs do not share one split or do not match the data.
+            ``force``), a run is missing or malformed, runs do not share one split or do not match the data, or a
+            face has no size for NME.
     """
     name = check_name(name, "--name")
     comp = open_competition(data_dir)
@@ -193,7 +207,18 @@ def prepare_inputs(
     for run in runs:
         check_matches_data(run, comp)
     folds, n_folds = load_fold_ids(comp)
-    return Inputs(name, comp, runs, run_labels(runs), folds, n_folds, outputs)
+    pair = comp.resolve_nme_points(nme_points)
+    sizes = face_sizes(comp.train.points, pair, source=str(comp.train_csv), names=comp.train.file_names)
+    return Inputs(name, comp, runs, run_labels(runs), folds, n_folds, outputs, pair, sizes)
+
+
+def nme_record(nme_points: tuple[int, int] | None) -> dict:
+    """The record's note on how NME is measured."""
+    return {
+        "nme_points": list(nme_points) if nme_points is not None else None,
+        "nme_note": f"NME: per face, the mean point error over the face size ({normalisation(nme_points)}), averaged "
+        f"over faces, in percent; failure rate: percent of faces whose NME is above {FAILURE_NME:g}%",
+    }
 
 
 def write_outputs(

@@ -30,6 +30,36 @@ WorkspaceOption = Annotated[
     ),
 ]
 
+NmePointsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--nme-points",
+        metavar="A,B",
+        help="Two point numbers whose distance is the face size for NME (e.g. 36,45: the outer eye corners of "
+        "68-point faces). Default: the data's nme_points.txt, else the face box (sqrt of width x height).",
+    ),
+]
+
+
+def parse_nme_points(text: str | None) -> tuple[int, int] | None:
+    """``--nme-points A,B`` as a pair of distinct non-negative point numbers (None when not given).
+
+    Raises:
+        KitError: ``--nme-points 'TEXT': ...`` on anything else.
+    """
+    if text is None:
+        return None
+    fields = [field.strip() for field in text.split(",")]
+    try:
+        pair = tuple(int(field) for field in fields)
+    except ValueError:
+        pair = ()
+    if len(pair) != 2 or min(pair) < 0:
+        raise KitError(f"--nme-points {text!r}: expected two point numbers A,B such as 36,45")
+    if pair[0] == pair[1]:
+        raise KitError(f"--nme-points {text!r}: the two points must differ")
+    return pair
+
 
 def handle_errors(func: Callable) -> Callable:
     """Turn a KitError into ``error: <message>`` on stderr and its ``exit_code`` (default 1), no traceback.

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from kit.blend.weights import Method
-from kit.cli._common import handle_errors
+from kit.cli._common import NmePointsOption, handle_errors, parse_nme_points
 
 
 @handle_errors
@@ -21,12 +21,14 @@ def blend(
         Path, typer.Option(help="Where NAME.csv, NAME.json and NAME.png go (not inside the data or a run).")
     ] = Path("submissions"),
     force: Annotated[bool, typer.Option(help="Replace an existing NAME.csv, NAME.json and NAME.png.")] = False,
+    nme_points: NmePointsOption = None,
 ) -> None:
-    """Fit blend weights on the runs' OOF predictions, score them by nested CV, write the submission."""
+    """Fit blend weights on the runs' OOF predictions, score them (MSE, NME) by nested CV, write the submission."""
     from kit.blend.blend import blend_runs
     from kit.cli._ensemble import print_ensemble
 
-    result = blend_runs(run_dirs, data, method=method, name=name, out_dir=out_dir, force=force)
+    pair = parse_nme_points(nme_points)
+    result = blend_runs(run_dirs, data, method=method, name=name, out_dir=out_dir, force=force, nme_points=pair)
     per_point = " (mean over points)" if result.method is Method.per_point else ""
     best = result.best_run
     gain = best.oof_mse - result.blend_mse
@@ -36,14 +38,15 @@ def blend(
         f"weight{per_point}",
         result.runs,
         [
-            ("blend, nested CV", result.blend_mse, "bold"),
-            ("blend, in-sample (optimistic)", result.in_sample_mse, "dim"),
+            ("blend, nested CV", result.blend_scores, "bold"),
+            ("blend, in-sample (optimistic)", result.in_sample_scores, "dim"),
         ],
         [
             f"blend is {abs(gain):.4f} ({abs(gain) / best.oof_mse:.1%}) {verdict} than the best run ({best.name}) "
             f"in nested CV; folds: {', '.join(f'{v:.4f}' for v in result.fold_mse)}"
         ],
         [result.csv, result.json, result.png],
+        result.nme_points,
     )
 
 

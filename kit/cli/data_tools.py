@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import WorkspaceOption, echo, echo_workspace, handle_errors
+from kit.cli._common import NmePointsOption, WorkspaceOption, echo, echo_workspace, handle_errors, parse_nme_points
 
 
 @handle_errors
@@ -41,16 +41,24 @@ def folds(
 def score(
     submission: Annotated[Path, typer.Argument(help="Submission CSV.")],
     data: Annotated[Path, typer.Option(help="Competition folder with private/test_landmarks.csv.")],
+    nme_points: NmePointsOption = None,
 ) -> None:
-    """Score a submission against the private test answers: prints ``MSE <value>``."""
+    """Score a submission against the private test answers: prints ``MSE <value>``, then the NME of the submitted
+    points (normalised by each face's size from all its true points) and the share of faces above 10%."""
     from kit.data.competition import Competition
-    from kit.metrics import mse
+    from kit.metrics import face_sizes, format_nme, mse, nme_per_face, nme_summary
     from kit.submit.format import select_requested, validate_submission
 
+    pair = parse_nme_points(nme_points)
     comp = Competition.load(data)
     predicted = validate_submission(submission, comp.test)
-    truth = select_requested(comp.private_answers().points, comp.test)
-    echo(f"MSE {mse(predicted, truth):.6g}")
+    answers = comp.private_answers()
+    truth = select_requested(answers.points, comp.test)
+    sizes = face_sizes(
+        answers.points, comp.resolve_nme_points(pair), source=str(comp.private_csv), names=answers.file_names
+    )
+    nme = nme_summary(nme_per_face(predicted, truth, sizes=sizes))
+    echo(f"MSE {mse(predicted, truth):.6g}  {format_nme(*nme)}")  # `awk '{print $2}'` is the MSE
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import echo, handle_errors, progress_bar
+from kit.cli._common import NmePointsOption, echo, handle_errors, parse_nme_points, progress_bar
 from kit.errors import KitError
 
 
@@ -16,18 +16,6 @@ class Format(str, Enum):
     pts = "pts"
     wflw = "wflw"
     csv = "csv"
-
-
-def _pair(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    parts = text.split(",")
-    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
-        raise KitError(f"--nme-points: expected two point indices 'A,B', got '{text}'")
-    a, b = (int(p) for p in parts)
-    if a == b:
-        raise KitError(f"--nme-points: the two points must differ, got '{text}'")
-    return a, b
 
 
 @handle_errors
@@ -56,10 +44,7 @@ def import_data(
     requested: Annotated[
         int | None, typer.Option(help="Random point indices requested per test image (default 30, at most all).")
     ] = None,
-    nme_points: Annotated[
-        str | None,
-        typer.Option("--nme-points", help="Two points whose distance normalises NME (default 36,45 for 68 points)."),
-    ] = None,
+    nme_points: NmePointsOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the jitter, the test split and the requested points.")] = 0,
     force: Annotated[
         bool, typer.Option(help="Replace an earlier import in --out once the new one is complete.")
@@ -70,7 +55,7 @@ def import_data(
 
     if (test is None) == (test_fraction is None):
         raise KitError("give the test set: --test SRC or --test-fraction F (one of them)")
-    pair = _pair(nme_points)
+    pair = parse_nme_points(nme_points)
     try:
         spec = CropSpec(margin=margin, jitter=jitter, size=size, round_labels=round_labels, seed=seed)
     except ValueError as exc:

@@ -41,6 +41,7 @@ def predict(
 ) -> None:
     """Recompute OOF and test predictions from the fold checkpoints, without retraining, into a new run folder."""
     from kit.cli.train import RichReporter
+    from kit.metrics import format_nme
     from kit.predict.repredict import repredict
 
     echo_workspace(data, workspace)
@@ -56,7 +57,8 @@ def predict(
     )
     source = result.source_oof_mse
     versus = f" (source {source:.4f})" if source is not None else ""
-    console.print(f"OOF MSE {result.metrics.oof_mse:.4f}{versus}, written to {result.run_dir}", highlight=False)
+    nme = format_nme(result.metrics.oof_nme, result.metrics.oof_failure_rate)
+    console.print(f"OOF MSE {result.metrics.oof_mse:.4f}{versus}, {nme}, written to {result.run_dir}", highlight=False)
 
 
 @handle_errors

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import console, echo, handle_errors
+from kit.cli._common import NmePointsOption, console, echo, handle_errors, parse_nme_points
+from kit.errors import KitError
 
 
 def _seconds(value: float | None) -> str:
@@ -18,16 +19,30 @@ def _seconds(value: float | None) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
 
 
+def _nme_cells(row, mixed: bool) -> tuple[str, str]:
+    """The OOF NME and failure-rate cells; the NME names its normalisation when the rows' differ."""
+    from kit.metrics import normalisation
+
+    if row.oof_nme is None or row.oof_failure_rate is None:
+        return "", ""
+    by = f" ({normalisation(row.nme_points)})" if mixed else ""
+    return f"{row.oof_nme:.2f}%{by}", f"{row.oof_failure_rate:.1f}%"
+
+
 def _table(rows) -> None:
     from rich.table import Table
 
+    from kit.metrics import FAILURE_NME
+
     table = Table(title_justify="left")
-    columns = ["run", "family", "backbone", "input", "epochs", "folds", "OOF MSE", "fold MSE", "wall", "img/s"]
+    columns = ["run", "family", "backbone", "input", "epochs", "folds", "OOF MSE", "OOF NME", f">{FAILURE_NME:g}%"]
+    columns += ["fold MSE", "wall", "img/s"]
     for column in columns:
         table.add_column(column, justify="left" if column in ("run", "family", "backbone") else "right")
     for column in ("split", "pipeline", "state", "blends"):
         table.add_column(column, overflow="fold")
     styles = {"finished": None, "partial": "yellow", "running": "cyan", "failed": "red"}
+    mixed = len({row.nme_points for row in rows if row.oof_nme is not None}) > 1
     for row in rows:
         total = str(row.folds_total) if row.folds_total is not None else "?"
         spread = f"{row.fold_mse:.4f} ± {row.fold_mse_std:.4f}" if row.fold_mse is not None else ""
@@ -44,6 +59,7 @@ def _table(rows) -> None:
             str(row.epochs or ""),
             f"{row.folds_done}/{total}",
             f"{row.oof_mse:.4f}" if row.oof_mse is not None else "",
+            *_nme_cells(row, mixed),
             spread,
             _seconds(row.wall_seconds),
             f"{row.images_per_second:,.0f}" if row.images_per_second is not None else "",
@@ -72,7 +88,11 @@ def runs(
         "runs"
     ),
     sort: Annotated[
-        str, typer.Option(help="Column to sort by: oof_mse, fold_mse, name, wall_seconds, images_per_second, ...")
+        str,
+        typer.Option(
+            help="Column to sort by: oof_mse, oof_nme, oof_failure_rate, fold_mse, name, wall_seconds, "
+            "images_per_second, ..."
+        ),
     ] = "oof_mse",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     submissions: Annotated[Path, typer.Option(help="Folder of blend records (NAME.json) to list users from.")] = Path(
@@ -84,9 +104,18 @@ def runs(
     diff: Annotated[
         tuple[str, str] | None, typer.Option(help="Two runs (names under RUNS_DIR or folders): the keys that differ.")
     ] = None,
+    nme_points: NmePointsOption = None,
 ) -> None:
-    """One row per run: model, folds finished, OOF MSE and its spread, speed, hashes, state and the blends using it."""
-    from kit.runs_table import diff_runs, list_runs
+    """One row per run: model, folds finished, OOF MSE, NME and spread, speed, hashes, state and the blends using it.
+
+    With --data, a run whose OOF NME was recorded with another normalisation than the data's (or --nme-points)
+    gets it recomputed from its oof.npy.
+    """
+    from kit.runs_table import NmeReference, diff_runs, list_runs
+
+    pair = parse_nme_points(nme_points)
+    if pair is not None and data is None:
+        raise KitError("--nme-points needs --data: the runs' OOF NME is recomputed against its landmarks")
 
     if diff is not None:
         result = diff_runs(runs_dir, *diff)
@@ -95,13 +124,14 @@ def runs(
         else:
             _print_diff(result)
         return
-    folds = None
+    folds = reference = None
     if data is not None:
         from kit.data.competition import Competition
         from kit.data.derived import fold_count
 
-        folds = fold_count(Competition.load(data))
-    rows = list_runs(runs_dir, submissions, sort=sort, folds=folds)
+        comp = Competition.load(data)
+        folds, reference = fold_count(comp), NmeReference.of(comp, pair)
+    rows = list_runs(runs_dir, submissions, sort=sort, folds=folds, reference=reference)
     if as_json:
         echo(json.dumps([row.to_dict() for row in rows], indent=2))
     elif not rows:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import handle_errors
+from kit.cli._common import NmePointsOption, handle_errors, parse_nme_points
 from kit.stack.stack import Model
 
 
@@ -29,27 +29,30 @@ def stack(
         Path, typer.Option(help="Where NAME.csv, NAME.json and NAME.png go (not inside the data or a run).")
     ] = Path("submissions"),
     force: Annotated[bool, typer.Option(help="Replace an existing NAME.csv, NAME.json and NAME.png.")] = False,
+    nme_points: NmePointsOption = None,
 ) -> None:
     """Fit a stacker on the runs' OOF predictions, score it by nested CV against the best blend, write a submission."""
     from kit.cli._ensemble import print_ensemble
     from kit.stack.stack import stack_runs
 
-    result = stack_runs(run_dirs, data, model=model, name=name, out_dir=out_dir, force=force)
+    pair = parse_nme_points(nme_points)
+    result = stack_runs(run_dirs, data, model=model, name=name, out_dir=out_dir, force=force, nme_points=pair)
     weight = "weight (mean over points)" if result.model is Model.ridge else "stage-1 weight (mean over points)"
     print_ensemble(
         f"stack '{result.name}' ({result.model.value})",
         weight,
         result.runs,
         [
-            ("stack, nested CV", result.stack_mse, "bold"),
-            ("stack, in-sample (optimistic)", result.in_sample_mse, "dim"),
-            (f"best blend ({result.blend_method}), nested CV", result.blend_mse, ""),
+            ("stack, nested CV", result.stack_scores, "bold"),
+            ("stack, in-sample (optimistic)", result.in_sample_scores, "dim"),
+            (f"best blend ({result.blend_method}), nested CV", result.blend_scores, ""),
         ],
         [
             f"{verdict(result.stack_mse, result.blend_mse, result.blend_method)}; "
             f"folds: {', '.join(f'{v:.4f}' for v in result.fold_mse)}",
         ],
         [result.csv, result.json, result.png],
+        result.nme_points,
     )
 
 

@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kit.cli._common import WorkspaceOption, console, echo_workspace, err_console, handle_errors, progress_bar
+from kit.cli._common import (
+    NmePointsOption,
+    WorkspaceOption,
+    console,
+    echo_workspace,
+    err_console,
+    handle_errors,
+    parse_nme_points,
+    progress_bar,
+)
 
 
 class RichReporter:
@@ -72,15 +81,22 @@ def fold_train(
     out: Annotated[Path, typer.Option(help="Runs folder; the run is OUT/<pipeline name>.")] = Path("runs"),
     set_: SetOption = None,
     workspace: WorkspaceOption = None,
+    nme_points: NmePointsOption = None,
 ) -> None:
     """k-fold fine-tuning: OOF and fold-averaged test predictions in original pixels, metrics and a report."""
+    from kit.metrics import format_nme
     from kit.train import fold_train as run_fold_train
 
+    pair = parse_nme_points(nme_points)
     config = _pipeline(pipeline, set_)
     echo_workspace(data, workspace)
-    metrics = run_fold_train(config, data, out_dir=out, folds=folds, reporter=RichReporter(), workspace=workspace)
+    metrics = run_fold_train(
+        config, data, out_dir=out, folds=folds, reporter=RichReporter(), workspace=workspace, nme_points=pair
+    )
     if metrics is not None:
-        console.print(f"OOF MSE {metrics.oof_mse:.4f}", highlight=False)
+        console.print(
+            f"OOF MSE {metrics.oof_mse:.4f}  {format_nme(metrics.oof_nme, metrics.oof_failure_rate)}", highlight=False
+        )
 
 
 @handle_errors
@@ -104,6 +120,7 @@ def pseudo(
     workspace: WorkspaceOption = None,
 ) -> None:
     """fold-train on the training folds plus the test images, fold k labelled only by the source's fold-k models."""
+    from kit.metrics import format_nme
     from kit.train import fold_train as run_fold_train
 
     overrides = list(set_ or [])
@@ -116,7 +133,8 @@ def pseudo(
     echo_workspace(data, workspace)
     metrics = run_fold_train(config, data, out_dir=out, folds=folds, reporter=RichReporter(), workspace=workspace)
     if metrics is not None:
-        console.print(f"OOF MSE {metrics.oof_mse:.4f} (pseudo-labels from {source})", highlight=False)
+        nme = format_nme(metrics.oof_nme, metrics.oof_failure_rate)
+        console.print(f"OOF MSE {metrics.oof_mse:.4f}  {nme} (pseudo-labels from {source})", highlight=False)
 
 
 @handle_errors

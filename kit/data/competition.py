@@ -1,5 +1,8 @@
 """A competition folder in the layout of "Thousand Facial Landmarks", and the workspace of its derived files.
 
+An optional ``nme_points.txt`` at the competition root names the two points whose distance is a face's size for
+NME (one line ``36 45``: the outer eye corners of 68-point faces); without it NME uses the face box.
+
 Derived files (parsed-table and crop caches, ``folds.csv``, ``flip_permutation.txt``) go to the workspace: the
 data folder itself when it is writable, else (a Kaggle notebook's read-only ``/kaggle/input``) a folder per data
 set under the kit cache; ``--workspace`` or ``$KIT_WORKSPACE`` choose another.
@@ -21,7 +24,59 @@ from kit.errors import DataError
 WORKSPACE_ENV = "KIT_WORKSPACE"
 FOLDS_FILE = "folds.csv"
 FLIP_FILE = "flip_permutation.txt"
+NME_POINTS_FILE = "nme_points.txt"
 CACHE_FOLDER = ".kit_cache"
+
+
+def check_nme_points(pair, n_points: int | None, source: str) -> tuple[int, int]:
+    """``pair`` as two distinct point numbers in ``0..n_points-1`` (any non-negative ones when ``n_points`` is None).
+
+    Raises:
+        DataError: ``SOURCE: ...`` saying what is wrong.
+    """
+    values = tuple(pair)
+    if len(values) != 2 or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
+        raise DataError(f"{source}: expected two point numbers, got {list(values)}")
+    a, b = (int(v) for v in values)
+    if a == b:
+        raise DataError(f"{source}: the two points must differ (got {a} twice)")
+    for v in (a, b):
+        if v < 0 or (n_points is not None and v >= n_points):
+            have = f"the faces have {n_points} points, numbered 0..{n_points - 1}" if n_points else "numbers from 0"
+            raise DataError(f"{source}: point {v} out of range ({have})")
+    return a, b
+
+
+def read_nme_points(path: str | Path, n_points: int | None = None) -> tuple[int, int]:
+    """The pair in an ``nme_points.txt`` (one line: two point numbers separated by white space).
+
+    Raises:
+        DataError: naming the file, when it is unreadable or does not hold two distinct points in range.
+    """
+    path = Path(path)
+    try:
+        fields = path.read_text().split()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: unreadable ({type(exc).__name__})") from None
+    try:
+        pair = [int(v) for v in fields]
+    except ValueError:
+        raise DataError(f"{path}: expected two point numbers such as '36 45', got {' '.join(fields)!r}") from None
+    return check_nme_points(pair, n_points, str(path))
+
+
+def write_nme_points(root: str | Path, pair: tuple[int, int], n_points: int | None = None) -> Path:
+    """Write ``root/nme_points.txt`` (atomically): the points whose distance is the face size for NME.
+
+    Raises:
+        DataError: the pair is not two distinct points (in ``0..n_points-1`` when ``n_points`` is given).
+    """
+    from kit.io import write_text
+
+    a, b = check_nme_points(pair, n_points, f"{Path(root) / NME_POINTS_FILE}")
+    path = Path(root) / NME_POINTS_FILE
+    write_text(path, f"{a} {b}\n")
+    return path
 
 
 def resolve_workspace(root: str | Path, workspace: str | Path | None = None) -> tuple[Path, str]:
@@ -138,6 +193,26 @@ class Competition:
     def flip_file(self) -> Path:
         """The flip permutation to read (write a new one to ``workspace / FLIP_FILE``)."""
         return self.derived_file(FLIP_FILE)
+
+    @property
+    def nme_points_file(self) -> Path:
+        return self.root / NME_POINTS_FILE
+
+    @cached_property
+    def nme_points(self) -> tuple[int, int] | None:
+        """The two points whose distance is a face's size for NME (``nme_points.txt``), or None: the face box.
+
+        Raises:
+            DataError: the file does not hold two distinct point numbers of the faces, naming it.
+        """
+        path = self.nme_points_file
+        return read_nme_points(path, self.n_points) if path.is_file() else None
+
+    def resolve_nme_points(
+        self, override: tuple[int, int] | None, option: str = "--nme-points"
+    ) -> tuple[int, int] | None:
+        """``override`` (checked against the faces' points, errors naming ``option``), else ``nme_points``."""
+        return check_nme_points(override, self.n_points, option) if override is not None else self.nme_points
 
     @cached_property
     def train(self) -> Landmarks:

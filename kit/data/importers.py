@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kit.data.competition import check_nme_points, write_nme_points
 from kit.data.images import read_image_size
 from kit.errors import DataError
 from kit.io import refuse_inside
@@ -452,8 +453,8 @@ def import_competition(
         raise ValueError(f"requested points per test image must be in 1..{n_points}, got {n_requested}")
     if nme_points is None and n_points == 68:
         nme_points = IBUG68_NME_POINTS
-    if nme_points is not None and not all(0 <= i < n_points for i in nme_points):
-        raise ValueError(f"NME points {nme_points} must lie in 0..{n_points - 1}")
+    if nme_points is not None:
+        check_nme_points(nme_points, n_points, "--nme-points")
     _check_out_dir(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:12]}.partial"
@@ -480,7 +481,7 @@ def import_competition(
                 requested = rng.choice(n_points, size=n_requested, replace=False)
                 f.write(f"{face.name}\t{requested.tolist()}\n")
         if nme_points is not None:
-            (tmp / "nme_points.txt").write_text(f"{nme_points[0]} {nme_points[1]}\n")
+            write_nme_points(tmp, nme_points, n_points)
         record = {
             "sources": list(sources),
             "crop": asdict(spec),

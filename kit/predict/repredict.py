@@ -19,7 +19,7 @@ from kit.data.folds import load_folds
 from kit.data.prepare import prepare_crops
 from kit.errors import KitError
 from kit.io import refuse_inside
-from kit.metrics import mse
+from kit.metrics import face_sizes, landmark_scores, mse
 from kit.names import check_name
 from kit.predict.models import inference_device, load_fold_model
 from kit.predict.tta import predict_original
@@ -100,6 +100,8 @@ def repredict(
     folds = load_folds(comp.folds_csv, comp.train.file_names)
     k = int(folds.max()) + 1
     summaries = _source_folds(source, source_pipeline, split, k)
+    nme_points = comp.nme_points
+    face_sizes(comp.train.points, nme_points, source=str(comp.train_csv), names=comp.train.file_names)
 
     name = check_name(name or default_name(source, provisional), "--name")
     pipeline = variant_pipeline(source_pipeline, name, tta, decoder)
@@ -130,9 +132,12 @@ def repredict(
             test = predict_original(
                 model, test_cache, np.arange(len(comp.test)), device, batch, amp, channels_last, flip
             )
+            scores = landmark_scores(oof, points[rows], nme_points)
             summary = trained.model_copy(
                 update={
                     "mse": mse(oof, points[rows]),
+                    "nme": scores.nme,
+                    "failure_rate": scores.failure_rate,
                     "identity": identity,
                     "source": str(source.path.resolve()),
                     "source_mse": trained.mse,
@@ -154,7 +159,8 @@ def repredict(
             folds,
             lineage=(str(source.path.resolve()),),
             source_oof_mse=source_mse,
-            report=report_writer(train_cache, points, pipeline),
+            report=report_writer(train_cache, points, pipeline, nme_points),
             warn=reporter.message,
+            nme_points=nme_points,
         )
     return Repredicted(run_dir=target.path, metrics=metrics, source_oof_mse=source_mse)

@@ -14,13 +14,15 @@ from kit.blend.inputs import (
     RunScore,
     check_finite_grams,
     check_finite_test,
+    nme_record,
     prepare_inputs,
     provenance,
     write_outputs,
 )
-from kit.blend.nested import nested_cv, run_point_mse
+from kit.blend.nested import NestedScore, by_fold, everywhere, face_nme, nested_blend, nested_cv, run_point_mse
 from kit.blend.report import plot_point_errors
 from kit.blend.weights import Method
+from kit.metrics import Scores, nme_summary
 from kit.runs import Run
 from kit.stack.nested import StackScore, nested_pca_ridge, nested_ridge
 from kit.stack.ridge import RIDGE_GRID, PointRidge, grid_label
@@ -49,6 +51,10 @@ class StackResult:
     csv: Path
     json: Path
     png: Path
+    stack_scores: Scores  # nested CV: MSE (= stack_mse), NME and failure rate
+    in_sample_scores: Scores  # the stacker on the rows it was fitted on
+    blend_scores: Scores  # the best blend's nested CV
+    nme_points: tuple[int, int] | None  # the face size's two points for NME; None: the face box
 
     @property
     def best_run(self) -> RunScore:
@@ -109,6 +115,19 @@ def _stacker_record(score: StackScore, labels: Sequence[str], n_points: int) -> 
     return record
 
 
+def _face_nme(
+    runs: Sequence[Run], truth, folds: np.ndarray, sizes: np.ndarray, score: StackScore, blend: NestedScore
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-face NME of each run (R, N), of the stack's nested-CV predictions (each fold by the stacker fitted
+    without it), its in-sample ones, and of the best blend's nested-CV predictions, in one pass over the rows."""
+    ensembles = {
+        "stack": by_fold([fold_model.predict for fold_model in score.fold_models]),
+        "in-sample": everywhere(score.model.predict),
+        "blend": nested_blend(blend),
+    }
+    return face_nme([run.oof for run in runs], truth, folds, sizes, ensembles)
+
+
 def stack_runs(
     run_dirs: Sequence[str | Path],
     data_dir: str | Path,
@@ -116,13 +135,16 @@ def stack_runs(
     name: str | None = None,
     out_dir: str | Path = Path("submissions"),
     force: bool = False,
+    nme_points: tuple[int, int] | None = None,
 ) -> StackResult:
     """Stack finished runs and write ``out_dir/NAME.csv``, ``NAME.json`` and ``NAME.png``.
 
     The stacker is fitted on the runs' OOF predictions. The reported stack MSE comes from nested CV over the folds
     of ``folds.csv``: for each held-out fold the stacker, its inner-CV choices and (``pca-ridge``) its PCA basis are
     fitted on the other folds only. It is compared with the best nested-CV MSE of every blend method over the same
-    runs. The test predictions come from the stacker fitted on all folds.
+    runs. The NME of each (``nme_points``: the face size's two points, default the data's ``nme_points.txt``, else
+    the face box) comes from the same held-out predictions. The test predictions come from the stacker fitted on
+    all folds.
 
     The runs, data and outputs are checked as by ``kit blend``: runs share one split that matches the data, and an
     existing NAME.csv, NAME.json or NAME.png is refused unless ``force``, which replaces all three together.
@@ -131,7 +153,7 @@ def stack_runs(
         KitError: as ``blend_runs``.
     """
     model = Model(model)
-    inputs = prepare_inputs(run_dirs, data_dir, name or f"stack-{model.value}", out_dir, force)
+    inputs = prepare_inputs(run_dirs, data_dir, name or f"stack-{model.value}", out_dir, force, nme_points)
     comp, runs, labels, folds, n_folds = inputs.comp, inputs.runs, inputs.labels, inputs.folds, inputs.n_folds
     truth = comp.train.points
     oof = [run.oof for run in runs]
@@ -146,6 +168,11 @@ def stack_runs(
     score = nested_ridge(stats) if model is Model.ridge else nested_pca_ridge(stats, oof, truth, folds)
     stacked = predict_test(score.model, runs)
     check_finite_test(runs, stacked)
+    per_run, per_face = _face_nme(runs, truth, folds, inputs.sizes, score, blend)
+    run_nme = [nme_summary(faces) for faces in per_run]
+    nested = Scores(score.mse, *nme_summary(per_face["stack"]))
+    in_sample = Scores(score.in_sample_mse, *nme_summary(per_face["in-sample"]))
+    blend_scores = Scores(blend.mse, *nme_summary(per_face["blend"]))
 
     weights = _stage1(score.model).weights.mean(axis=0)
     gain = blend.mse - score.mse
@@ -157,8 +184,14 @@ def stack_runs(
         "submission": csv_path.name,
         **provenance(comp, runs, labels, n_folds),
         "runs": [
-            {"run": label, "oof_mse": float(mse), "weight": round(float(w), 6)}
-            for label, mse, w in zip(labels, oof_mse, weights, strict=True)
+            {
+                "run": label,
+                "oof_mse": float(mse),
+                "oof_nme": nme,
+                "oof_failure_rate": failed,
+                "weight": round(float(w), 6),
+            }
+            for label, mse, (nme, failed), w in zip(labels, oof_mse, run_nme, weights, strict=True)
         ],
         "weight_note": "each run's ridge weight (stage 1 of pca-ridge), averaged over points and coordinates",
         "best_run": labels[int(np.argmin(oof_mse))],
@@ -166,11 +199,18 @@ def stack_runs(
         "stack_mse_note": "nested CV: the stacker, its inner-CV choices and PCA basis fitted on the other folds, "
         "scored on the held-out fold",
         "stack_fold_mse": [float(v) for v in score.fold_mse],
+        "stack_nme": nested.nme,
+        "stack_failure_rate": nested.failure_rate,
         "in_sample_mse": score.in_sample_mse,
+        "in_sample_nme": in_sample.nme,
+        "in_sample_failure_rate": in_sample.failure_rate,
         "in_sample_note": "optimistic: the stacker fitted on all folds, scored on the same rows",
+        **nme_record(inputs.nme_points),
         "best_blend": {
             "method": blend_method.value,
             "mse": blend.mse,
+            "nme": blend_scores.nme,
+            "failure_rate": blend_scores.failure_rate,
             "fold_mse": [float(v) for v in blend.fold_mse],
             "method_mse": {method.value: result.mse for method, result in blends.items()},
         },
@@ -198,8 +238,8 @@ def stack_runs(
         name=inputs.name,
         model=model,
         runs=[
-            RunScore(label, run.path, float(mse), float(w))
-            for label, run, mse, w in zip(labels, runs, oof_mse, weights, strict=True)
+            RunScore(label, run.path, float(mse), float(w), nme, failed)
+            for label, run, mse, (nme, failed), w in zip(labels, runs, oof_mse, run_nme, weights, strict=True)
         ],
         stack_mse=score.mse,
         in_sample_mse=score.in_sample_mse,
@@ -210,4 +250,8 @@ def stack_runs(
         csv=csv_path,
         json=json_path,
         png=png_path,
+        stack_scores=nested,
+        in_sample_scores=in_sample,
+        blend_scores=blend_scores,
+        nme_points=inputs.nme_points,
     )

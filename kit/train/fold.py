@@ -19,7 +19,7 @@ from kit.data.dataset import ConcatCrops, CropDataset, RawCropBatches, keep_batc
 from kit.data.gpu_augment import make_batch_transform
 from kit.data.prepare import CropCache
 from kit.errors import KitError
-from kit.metrics import mse
+from kit.metrics import landmark_scores, mse
 from kit.models import create_model
 from kit.models.base import LandmarkModel
 from kit.predict.tta import inference_loader, predict_points
@@ -43,6 +43,7 @@ class FoldData:
     folds: np.ndarray  # (N,) fold of each training row
     flip_perm: np.ndarray | None
     pseudo: PseudoLabels | None = None  # test images labelled by the source's fold-k models, per fold
+    nme_points: tuple[int, int] | None = None  # the face size's two points for NME; None: the face box
 
 
 def _train_loader(dataset, pipeline: Pipeline, device: torch.device, sampler: EpochSampler, collate_fn=None):
@@ -327,9 +328,12 @@ def train_fold(
         )
         images = sum(h.train_images for h in history) * dist.world_size
         seconds = sum(h.train_seconds for h in history)
+        scores = landmark_scores(oof, truth, data.nme_points)
         summary = FoldSummary(
             fold=fold,
             mse=mse(oof, truth),
+            nme=scores.nme,
+            failure_rate=scores.failure_rate,
             best_epoch=best["epoch"],
             best_valid_mse_no_tta=best["valid_mse"],
             epochs=cfg.epochs,

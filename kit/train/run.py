@@ -19,6 +19,7 @@ from kit.data.derived import ensure_flip_permutation, ensure_folds, flip_permuta
 from kit.data.folds import load_folds
 from kit.data.prepare import prepare_crops
 from kit.errors import DataError, KitError
+from kit.metrics import face_sizes, format_nme, normalisation
 from kit.progress import Reporter, SilentReporter
 from kit.runs import Identity, RunDir, RunMetrics, SplitInfo
 from kit.train.distributed import barrier, init_distributed, select_device
@@ -61,10 +62,20 @@ class Plan:
     comp: Competition
     k: int
     folds: list[int]
+    nme_points: tuple[int, int] | None = None  # the face size's two points for NME; None: the face box
 
 
-def validate(pipeline: Pipeline, data_dir: str | Path, folds: str = "all", workspace: str | Path | None = None) -> Plan:
+def validate(
+    pipeline: Pipeline,
+    data_dir: str | Path,
+    folds: str = "all",
+    workspace: str | Path | None = None,
+    nme_points: tuple[int, int] | None = None,
+) -> Plan:
     """Check the pipeline and the data without writing anything (but the parsed-table cache).
+
+    ``nme_points`` overrides the data's ``nme_points.txt``; either is checked against the faces (every face has a
+    size for NME).
 
     Raises:
         KitError: naming the key, file or fold at fault.
@@ -78,7 +89,9 @@ def validate(pipeline: Pipeline, data_dir: str | Path, folds: str = "all", works
     selected = parse_fold_selection(folds, k)
     flip_permutation(comp, pipeline)
     create_model(pipeline, comp.n_points)  # the backbone exists, its weights are available, the input size fits
-    return Plan(comp=comp, k=k, folds=selected)
+    nme_points = comp.resolve_nme_points(nme_points)
+    face_sizes(comp.train.points, nme_points, source=str(comp.train_csv), names=comp.train.file_names)
+    return Plan(comp=comp, k=k, folds=selected, nme_points=nme_points)
 
 
 def _caches(comp: Competition, pipeline: Pipeline):
@@ -97,15 +110,18 @@ def fold_train(
     folds: str = "all",
     reporter: Reporter | None = None,
     workspace: str | Path | None = None,
+    nme_points: tuple[int, int] | None = None,
 ) -> RunMetrics | None:
     """Train every selected fold (finished folds are skipped, interrupted ones resumed), then, once all folds
     of the split are done, assemble the run (``kit.runs.RunDir.assemble``): OOF and test predictions, metrics, report.
+
+    ``nme_points`` (the face size's two points for NME) overrides the data's ``nme_points.txt``.
 
     Returns the run metrics, or None while some folds of the split are still missing.
     """
     reporter = reporter or SilentReporter()
     pipeline = resolve_pseudo(pipeline)  # its source's fingerprint is part of the run's identity
-    plan = validate(pipeline, data_dir, folds, workspace)
+    plan = validate(pipeline, data_dir, folds, workspace, nme_points)
     comp = plan.comp
     run = RunDir.under(out_dir, pipeline.name)
     dist = init_distributed()
@@ -128,7 +144,8 @@ def fold_train(
             train_cache, test_cache = _caches(comp, pipeline)
             finished = run.finished_folds(plan.k)
         identity = Identity.of(pipeline, split)
-        data = FoldData(train_cache, test_cache, np.asarray(comp.train.points, dtype=np.float32), fold_of, perm, pseudo)
+        points = np.asarray(comp.train.points, dtype=np.float32)
+        data = FoldData(train_cache, test_cache, points, fold_of, perm, pseudo, plan.nme_points)
         reporter.message(
             f"{pipeline.name}: {pipeline.model.family} {pipeline.model.backbone}, {len(fold_of)} train "
             f"/ {len(comp.test)} test images, {comp.n_points} points, {plan.k} folds, device {device}"
@@ -163,8 +180,10 @@ def assemble(
     """The run's metrics once every fold is finished (with ``report.png``); None before."""
     from kit.report import report_writer
 
-    report = report_writer(data.train_cache, data.points, pipeline)
-    metrics = run.assemble(pipeline, split, data.points, data.folds, lineage, source_oof_mse, report, reporter.message)
+    report = report_writer(data.train_cache, data.points, pipeline, data.nme_points)
+    metrics = run.assemble(
+        pipeline, split, data.points, data.folds, lineage, source_oof_mse, report, reporter.message, data.nme_points
+    )
     if metrics is None:
         done = run.finished_folds(int(data.folds.max()) + 1)
         missing = [f for f in range(int(data.folds.max()) + 1) if f not in done]
@@ -173,6 +192,7 @@ def assemble(
     reporter.message(
         f"{pipeline.name}: OOF MSE {metrics.oof_mse:.4f} (folds: "
         + ", ".join(f"{s.mse:.3f}" for s in metrics.folds)
-        + f"), written to {run.path}"
+        + f"), {format_nme(metrics.oof_nme, metrics.oof_failure_rate)} ({normalisation(metrics.nme_points)}), "
+        f"written to {run.path}"
     )
     return metrics

@@ -16,6 +16,7 @@ from kit.blend.nested import fold_point_grams, nested_cv
 from kit.blend.weights import (
     Method,
     blend_sse,
+    fit,
     fit_hill_climb,
     fit_per_point,
     fit_per_point_cv,
@@ -415,6 +416,79 @@ def test_existing_outputs_need_force(comp, tmp_path):
     assert json.loads(after["b.json"])["submission_sha256"] == file_sha256(result.csv)
 
 
+def _nme(pred, truth, sizes):
+    return 100 * np.mean(np.hypot(*np.moveaxis(pred - truth, -1, 0)).mean(axis=1) / sizes)
+
+
+def _face_box(truth):
+    extent = truth.max(axis=1) - truth.min(axis=1)
+    return np.sqrt(extent[:, 0] * extent[:, 1])
+
+
+def test_the_mean_blend_nme_is_the_nme_of_the_mean_prediction(comp, tmp_path):
+    root, truth, test_truth = comp
+    runs = noisy_runs(root, truth, test_truth, sigmas=(1.0, 2.0, 3.0))
+    result = blend_runs(runs, root, method="mean", out_dir=tmp_path / "subs")
+    oofs = [np.load(run / "oof.npy").astype(np.float64) for run in runs]
+    sizes = _face_box(truth.astype(np.float64))
+    # every fold's weights are equal: the nested-CV blend is the runs' mean on every row
+    assert result.blend_scores.nme == pytest.approx(_nme(np.mean(oofs, axis=0), truth, sizes))
+    assert result.in_sample_scores.nme == pytest.approx(result.blend_scores.nme)
+    assert result.blend_scores.mse == result.blend_mse
+    for run, oof in zip(result.runs, oofs, strict=True):
+        assert run.oof_nme == pytest.approx(_nme(oof, truth, sizes))
+    record = json.loads(result.json.read_text())
+    assert record["blend_nme"] == pytest.approx(result.blend_scores.nme) and record["nme_points"] is None
+    assert record["in_sample_nme"] == pytest.approx(result.in_sample_scores.nme)
+    assert record["blend_failure_rate"] == result.blend_scores.failure_rate == 0.0
+    assert [r["oof_nme"] for r in record["runs"]] == pytest.approx([r.oof_nme for r in result.runs])
+    assert "face box" in record["nme_note"]
+
+
+@pytest.mark.parametrize("method", ["weights", "per-point"])
+def test_the_nested_blend_nme_blends_each_fold_with_the_weights_fitted_without_it(comp, tmp_path, monkeypatch, method):
+    root, truth, test_truth = comp
+    runs = noisy_runs(root, truth, test_truth, sigmas=(1.0, 1.2, 2.5))
+    monkeypatch.setattr(nested, "CHUNK_BYTES", 3 * 10 * 2 * 8 * 7)  # a few rows per chunk
+    result = blend_runs(runs, root, method=method, out_dir=tmp_path / "subs", nme_points=(2, 5))
+    oofs = np.stack([np.load(run / "oof.npy").astype(np.float64) for run in runs], -1)  # N, P, 2, R
+    folds = np.array([int(line.split(",")[1]) for line in (root / "folds.csv").read_text().splitlines()[1:]])
+    grams = fold_point_grams(list(np.moveaxis(oofs, -1, 0)), truth, folds, 3)
+    score = nested_cv(method, grams, np.bincount(folds))
+    blended = np.empty(truth.shape)
+    for f in range(3):
+        assert np.allclose(score.fold_weights[f], fit(method, np.delete(grams, f, axis=0)).weights)
+        w = np.broadcast_to(score.fold_weights[f], (truth.shape[1], 3))  # P, R
+        blended[folds == f] = (oofs[folds == f] * w[None, :, None, :]).sum(-1)
+    sizes = np.hypot(*(truth[:, 2] - truth[:, 5]).T.astype(np.float64))
+    assert result.blend_scores.nme == pytest.approx(_nme(blended, truth, sizes))
+    assert result.blend_scores.nme < min(run.oof_nme for run in result.runs)
+    assert json.loads(result.json.read_text())["nme_points"] == [2, 5]
+    assert result.nme_points == (2, 5)
+
+
+def test_the_data_names_the_nme_points_and_a_flat_face_is_refused(comp, tmp_path):
+    root, truth, test_truth = comp
+    runs = noisy_runs(root, truth, test_truth, sigmas=(1.0, 2.0))
+    (root / "nme_points.txt").write_text("0 1\n")
+    result = blend_runs(runs, root, method="mean", out_dir=tmp_path / "subs")
+    sizes = np.hypot(*(truth[:, 0] - truth[:, 1]).T.astype(np.float64))
+    oofs = [np.load(run / "oof.npy").astype(np.float64) for run in runs]
+    assert result.nme_points == (0, 1)
+    assert result.blend_scores.nme == pytest.approx(_nme(np.mean(oofs, axis=0), truth, sizes))
+    with pytest.raises(KitError, match=r"nme_points.txt: point 10 out of range"):
+        (root / "nme_points.txt").write_text("3 10\n")
+        blend_runs(runs, root, method="mean", out_dir=tmp_path / "subs", force=True)
+    (root / "nme_points.txt").write_text("3 4\n")
+    lines = (root / "train/landmarks.csv").read_text().splitlines()
+    fields = lines[5].split("\t")
+    fields[9:11] = fields[7:9]  # row 4: point 4 where point 3 is
+    lines[5] = "\t".join(fields)
+    (root / "train/landmarks.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(KitError, match=r"landmarks.csv: row 4 \(img_0004.jpg\): face size 0 \(points 3-4\)"):
+        blend_runs(runs, root, method="mean", out_dir=tmp_path / "subs", force=True)
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -430,6 +504,21 @@ def test_cli_blend_prints_table(comp, tmp_path, monkeypatch):
     assert (out / "hc.csv").is_file()
     record = json.loads((out / "hc.json").read_text())
     assert f"{record['blend_mse']:.4f}" in result.output
+    # NME and failure rate beside each MSE: the runs' and the blend's, nested CV and in-sample
+    lines = result.output.splitlines()
+    for label, nme, failed in [
+        ("blend, nested CV", record["blend_nme"], record["blend_failure_rate"]),
+        ("blend, in-sample", record["in_sample_nme"], record["in_sample_failure_rate"]),
+        *[(run["run"], run["oof_nme"], run["oof_failure_rate"]) for run in record["runs"]],
+    ]:
+        line = next(line for line in lines if label in line)
+        assert f" {nme:.2f}% " in line and f" {failed:.1f}% " in line, line
+    assert "NME" in result.output and ">10%" in result.output and "(face box)" in result.output
+    rerun = runner.invoke(app, ["blend", *map(str, runs), *options, "--force", "--nme-points", "0,1"])
+    assert rerun.exit_code == 0, rerun.output
+    assert "(points 0-1)" in rerun.output and json.loads((out / "hc.json").read_text())["nme_points"] == [0, 1]
+    bad = runner.invoke(app, ["blend", *map(str, runs), *options, "--force", "--nme-points", "0,10"])
+    assert bad.exit_code == 1 and "--nme-points: point 10 out of range" in bad.output
 
 
 def test_cli_blend_errors(comp, tmp_path):

@@ -303,11 +303,54 @@ def test_score_perfect_submission_is_zero(make_competition, tmp_path):
     write_submission(tmp_path / "perfect.csv", comp.test_points.astype(np.float64), test)
     result = kit("score", tmp_path / "perfect.csv", "--data", comp.root)
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.strip() == "MSE 0"
+    assert result.stdout.strip() == "MSE 0  NME 0.00%  >10%: 0.0%"
 
     write_submission(tmp_path / "off.csv", comp.test_points + np.array([1.0, 0.0]), test)
     result = kit("score", tmp_path / "off.csv", "--data", comp.root)
-    assert result.stdout.strip() == "MSE 0.5"  # x off by 1 px, y exact
+    assert result.stdout.split()[:2] == ["MSE", "0.5"]  # x off by 1 px, y exact: what `awk '{print $2}'` reads
+
+
+def test_score_prints_the_nme_of_the_requested_points_over_the_full_face(make_competition, tmp_path):
+    comp = make_competition(n_test=4, n_points=12, n_requested=4)
+    test = read_test_points(comp.test_csv, comp.train_points.shape[1])
+    shift = np.zeros(comp.test_points.shape)
+    shift[0] = [3.0, 4.0]  # face 0: every point 5 px off; the other faces exact
+    write_submission(tmp_path / "off.csv", comp.test_points + shift, test)
+    full = comp.test_points.astype(np.float64)
+    # face box of all 12 true points, not of the 4 submitted ones
+    box = np.sqrt(np.prod(full[0].max(axis=0) - full[0].min(axis=0)))
+    result = kit("score", tmp_path / "off.csv", "--data", comp.root)
+    assert result.exit_code == 0, result.stderr
+    mse, nme, failures = result.stdout.split()[1], result.stdout.split()[3], result.stdout.split()[5]
+    assert float(mse) == pytest.approx(25 / 2 / 4)
+    assert nme == f"{500 / box / 4:.2f}%" and failures == f"{100 / 4 * (500 / box > 10):.1f}%"
+
+    eyes = np.hypot(*(full[0, 2] - full[0, 7]))
+    (comp.root / "nme_points.txt").write_text("2 7\n")  # the data names the face size's points
+    assert kit("score", tmp_path / "off.csv", "--data", comp.root).stdout.split()[3] == f"{500 / eyes / 4:.2f}%"
+    eyes = np.hypot(*(full[0, 0] - full[0, 1]))
+    result = kit("score", tmp_path / "off.csv", "--data", comp.root, "--nme-points", "0,1")  # the option wins
+    assert result.stdout.split()[3] == f"{500 / eyes / 4:.2f}%"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("36", "--nme-points '36': expected two point numbers A,B such as 36,45"),
+        ("a,b", "--nme-points 'a,b': expected two point numbers"),
+        ("1,2,3", "--nme-points '1,2,3': expected two point numbers"),
+        ("-1,2", "--nme-points '-1,2': expected two point numbers"),
+        ("4,4", "--nme-points '4,4': the two points must differ"),
+        ("0,12", "--nme-points: point 12 out of range (the faces have 12 points, numbered 0..11)"),
+    ],
+)
+def test_score_refuses_bad_nme_points(make_competition, tmp_path, value, message):
+    comp = make_competition(n_points=12)
+    test = read_test_points(comp.test_csv, comp.train_points.shape[1])
+    write_submission(tmp_path / "sub.csv", comp.test_points.astype(np.float64), test)
+    result = kit("score", tmp_path / "sub.csv", "--data", comp.root, "--nme-points", value)
+    assert result.exit_code == 1
+    assert error_line(result).startswith(f"error: {message}")
 
 
 def test_score_rejects_a_malformed_submission(make_competition, tmp_path):

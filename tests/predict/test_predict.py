@@ -69,6 +69,8 @@ def test_same_settings_reproduce_the_source_predictions(finished_run):
         assert new.history == old.history and new.best_epoch == old.best_epoch >= 0
         assert new.source == str(run_dir.resolve()) and new.source_mse == old.mse
         assert new.mse == pytest.approx(old.mse, rel=1e-4)
+        assert new.nme == pytest.approx(old.nme, rel=1e-4) and new.nme > 0
+    assert result.metrics.oof_nme == pytest.approx(load_run(run_dir).metrics.oof_nme, rel=1e-4)
     assert result.metrics.lineage == (str(run_dir.resolve()),)
 
 
@@ -79,7 +81,7 @@ def test_cli_writes_a_new_blendable_run_with_tta_and_decoder(finished_run):
         app, ["predict", str(run_dir), "--data", str(data), "--tta", "hflip", "--decoder", "dark"]
     )
     assert result.exit_code == 0, result.output
-    assert "OOF MSE" in result.output
+    assert "OOF MSE" in result.output and "NME" in result.output
     new = run_dir.parent / "hm-hflip-dark"
     run = load_run(new)  # the run contract: oof.npy, test.npy, metrics.json with split
     truth = Competition.load(data).train.points

@@ -165,6 +165,37 @@ def test_pca_ridge_stack(comp, tmp_path):
     assert np.isfinite(result.stack_mse) and result.in_sample_mse <= result.stack_mse
 
 
+def _nme(pred, truth, sizes):
+    return 100 * np.mean(np.hypot(*np.moveaxis(pred - truth, -1, 0)).mean(axis=1) / sizes)
+
+
+def test_stack_nme_beside_every_mse(comp, tmp_path):
+    root, truth, test_truth = comp
+    runs = biased_runs(root, truth, test_truth)
+    result = stack_runs(runs, root, model="ridge", name="s", out_dir=tmp_path / "subs", nme_points=(0, 4))
+    record = json.loads(result.json.read_text())
+    sizes = np.hypot(*(truth[:, 0] - truth[:, 4]).T.astype(np.float64))
+    oofs = [np.load(run / "oof.npy").astype(np.float64) for run in runs]
+    assert [r["oof_nme"] for r in record["runs"]] == pytest.approx([_nme(oof, truth, sizes) for oof in oofs])
+    assert [r.oof_nme for r in result.runs] == pytest.approx([r["oof_nme"] for r in record["runs"]])
+    # in-sample: the recorded all-folds stacker applied to the OOF predictions
+    ridge = record["stacker"]["ridge"]
+    w, b = np.array(ridge["per_point_weights"]), np.array(ridge["intercepts"])
+    in_sample = b + (np.stack(oofs, axis=-1) * w).sum(axis=-1)
+    assert record["in_sample_nme"] == pytest.approx(_nme(in_sample, truth, sizes), rel=1e-4)
+    assert result.in_sample_scores.nme == pytest.approx(record["in_sample_nme"])
+    # nested CV: per-point offsets are what only the stack removes, in NME as in MSE
+    assert record["stack_nme"] == result.stack_scores.nme < min(r["oof_nme"] for r in record["runs"])
+    assert record["stack_nme"] < record["best_blend"]["nme"] and record["nme_points"] == [0, 4]
+    assert result.stack_scores.mse == result.stack_mse and result.blend_scores.mse == result.blend_mse
+    for key in ("stack_failure_rate", "in_sample_failure_rate"):
+        assert 0 <= record[key] <= 100
+    # the best blend's NME is the one kit blend gives the same method
+    blend = blend_runs(runs, root, method=result.blend_method, out_dir=tmp_path / "b", nme_points=(0, 4))
+    assert record["best_blend"]["nme"] == pytest.approx(blend.blend_scores.nme)
+    assert record["best_blend"]["failure_rate"] == pytest.approx(blend.blend_scores.failure_rate)
+
+
 def test_a_stack_record_is_not_read_as_a_blend(comp, tmp_path):
     from kit.predict.infer import source_members
 
@@ -237,6 +268,16 @@ def test_cli_stack_prints_the_blend_table(comp, tmp_path, monkeypatch, model):
         assert text in result.output, text
     for value in (record["stack_mse"], record["in_sample_mse"], record["best_blend"]["mse"]):
         assert f"{value:.4f}" in result.output
+    lines = result.output.splitlines()
+    for label, nme, failed in [
+        ("stack, nested CV", record["stack_nme"], record["stack_failure_rate"]),
+        ("stack, in-sample", record["in_sample_nme"], record["in_sample_failure_rate"]),
+        (best, record["best_blend"]["nme"], record["best_blend"]["failure_rate"]),
+        *[(run["run"], run["oof_nme"], run["oof_failure_rate"]) for run in record["runs"]],
+    ]:
+        line = next(line for line in lines if label in line)
+        assert f" {nme:.2f}% " in line and f" {failed:.1f}% " in line, line
+    assert "NME: mean point error / face size (face box)" in result.output
     assert verdict(record["stack_mse"], record["best_blend"]["mse"], record["best_blend"]["method"]) in result.output
     assert "stack beats the best blend" in result.output
     assert f"wrote {out / 'st.csv'}, st.json, st.png" in result.output

@@ -17,7 +17,8 @@ from kit.config import load_pipeline
 from kit.data.competition import Competition
 from kit.data.folds import make_folds, write_folds
 from kit.errors import KitError
-from kit.metrics import mse
+from kit.metrics import landmark_scores, mse
+from kit.progress import SilentReporter
 from kit.runs import Identity, RunDir, SplitInfo, load_run
 from kit.synth import generate_competition
 from kit.train import fold_train
@@ -53,9 +54,18 @@ def _pipeline(tmp_path: Path, name: str, extra: list[str] = ()):
     return path, load_pipeline(path, TINY + list(extra))
 
 
+class _Messages(SilentReporter):
+    def __init__(self):
+        self.lines = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
 def test_fold_train_writes_the_run_contract(tiny_data, tmp_path):
     _, pipeline = _pipeline(tmp_path, "tiny", ["tta.hflip=true"])
-    metrics = fold_train(pipeline, tiny_data, out_dir=tmp_path / "runs")
+    reporter = _Messages()
+    metrics = fold_train(pipeline, tiny_data, out_dir=tmp_path / "runs", reporter=reporter, nme_points=(3, 40))
     run = tmp_path / "runs" / "tiny"
     comp = Competition.load(tiny_data)
     oof, test = np.load(run / "oof.npy"), np.load(run / "test.npy")
@@ -63,6 +73,12 @@ def test_fold_train_writes_the_run_contract(tiny_data, tmp_path):
     assert test.shape == (6, 100, 2) and test.dtype == np.float32
     on_disk = json.loads((run / "metrics.json").read_text())
     assert on_disk["oof_mse"] == pytest.approx(mse(oof, comp.train.points), rel=1e-6) == metrics.oof_mse
+    # NME beside the MSE, with the face size of the points asked for, in the run, each fold and the final line
+    scores = landmark_scores(oof, comp.train.points, (3, 40))
+    assert (on_disk["oof_nme"], on_disk["oof_failure_rate"]) == pytest.approx((scores.nme, scores.failure_rate))
+    assert on_disk["nme_points"] == [3, 40] and all(f["nme"] > 0 for f in on_disk["folds"])
+    assert RunDir(run).read_fold(0).nme == pytest.approx(on_disk["folds"][0]["nme"])
+    assert f"NME {scores.nme:.2f}%" in reporter.lines[-1] and "(points 3-40)" in reporter.lines[-1]
     assert [f["fold"] for f in on_disk["folds"]] == [0, 1, 2]
     assert on_disk["split"] == SplitInfo.of(comp).to_dict()
     assert on_disk["identity"] == Identity.of(pipeline, SplitInfo.of(comp)).model_dump()
