@@ -21,9 +21,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from kit.data.competition import check_nme_points, write_nme_points
-from kit.data.images import read_image_size
+from kit.data.images import max_image_pixels
 from kit.errors import DataError
 from kit.io import refuse_inside
 from kit.synth.competition import landmarks_header
@@ -258,6 +259,21 @@ def read_faces(fmt: str, sources: Sequence[Path], image_root: Path | None = None
 # ---------------------------------------------------------------- checks
 
 
+def _stored_size(path: Path, max_pixels: int | None) -> tuple[int, int]:
+    """(width, height) of the stored pixel grid, EXIF orientation ignored as the labels do; header only."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except Exception as exc:  # PIL raises many types for a bad header
+        raise DataError(f"{path}: cannot read image header ({type(exc).__name__}); not an image, or corrupt") from None
+    limit = max_pixels or max_image_pixels()
+    if width * height > limit:
+        raise DataError(f"{path}: {width}x{height} is over the {limit:,}-pixel limit")
+    return width, height
+
+
 def check_faces(faces: Sequence[Face], max_pixels: int | None = None) -> int:
     """Check every face before anything is written; returns the number of points.
 
@@ -276,7 +292,7 @@ def check_faces(faces: Sequence[Face], max_pixels: int | None = None) -> int:
         if name in seen:
             raise DataError(f"{face.origin}: duplicate name '{name}' (also {seen[name]}); import the two apart")
         seen[name] = face.origin
-        height, width = read_image_size(face.image, max_pixels)
+        width, height = _stored_size(face.image, max_pixels)
         low = -OUTSIDE_TOLERANCE * np.array([width, height])
         high = (1 + OUTSIDE_TOLERANCE) * np.array([width, height])
         outside = np.flatnonzero(((face.points < low) | (face.points > high)).any(axis=1))
