@@ -62,9 +62,10 @@ def test_recipe_trial_records_oof_private_and_wall_time(tmp_path):
     args = [str(data), str(out), "tiny_lr", str(pipeline), "optim.lr=3.0e-3"]
     result = subprocess.run(["bash", script, *args], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    label, oof, private, seconds, overrides = (out / "trials.tsv").read_text().rstrip("\n").split("\t")
+    label, oof, nme, fail, private, seconds, overrides = (out / "trials.tsv").read_text().rstrip("\n").split("\t")
     metrics = json.loads((out / "runs" / "tiny_lr" / "metrics.json").read_text())
     assert (label, overrides) == ("tiny_lr", "optim.lr=3.0e-3")
     assert float(oof) == pytest.approx(metrics["oof_mse"], abs=0.01)
+    assert float(nme) == pytest.approx(metrics["oof_nme"], abs=0.01) and 0 <= float(fail) <= 100
     assert float(private) > 0 and int(seconds) >= 0
     assert "lr: 0.003" in (out / "runs" / "tiny_lr" / "pipeline.yaml").read_text()
