@@ -77,12 +77,20 @@ def load_checkpoint(path: Path) -> dict:
         raise KitError(f"{path}: missing") from None
     except Exception as exc:  # torch raises many types for a damaged file
         raise KitError(
-            f"{path}: not a readable checkpoint ({type(exc).__name__}: truncated or garbage); delete it "
-            f"to retrain {path.parent.name} from its start"
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: truncated or garbage); {_remedy(path)}"
         ) from None
     if not isinstance(state, dict):
         raise KitError(f"{path}: not a kit checkpoint")
     return state
+
+
+def _remedy(path: Path) -> str:
+    """What to delete: ``last.pt`` (an unfinished fold's; a finished fold has none) restarts the fold; a finished
+    fold keeps its record, so a bad ``best.pt`` is retrained only without the whole fold folder."""
+    folder = path.parent
+    if path.name == "last.pt":
+        return f"delete it to retrain {folder.name} from its start"
+    return f"delete the folder {folder} and rerun kit fold-train to retrain {folder.name}"
 
 
 def read_identity(path: Path):

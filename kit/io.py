@@ -157,6 +157,32 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def check_output_folder(path: str | Path, what: str) -> None:
+    """Refuse an output folder that cannot be created or written, before anything is written.
+
+    Args:
+        path: the folder (it need not exist yet).
+        what: how the message names it, e.g. ``--out``.
+
+    Raises:
+        KitError: a file stands where the folder or one of its parents should be.
+        WriteError: the folder (or its nearest existing parent) is on a read-only file system or not writable.
+    """
+    path = Path(path)
+    absolute = path.absolute()
+    existing = next(p for p in (absolute, *absolute.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise KitError(f"{what} {path}: {existing} is a file, not a folder; choose another {what}")
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        raise WriteError(f"{what} {path}: {_CAUSES[errno.EROFS]} ({existing}); choose another {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WriteError(f"{what} {path}: {_CAUSES[errno.EACCES]} ({existing}); choose another {what}")
+
+
 def refuse_inside(path: str | Path, root: str | Path, what: str, root_what: str = "the competition folder") -> None:
     """Refuse an output location that is ``root`` or inside it (both resolved; ``path`` need not exist yet).
 

@@ -10,8 +10,9 @@
   of ``landmarks.csv`` / ``test_points.csv``, ``report.png``, and ``metrics.json`` (``RunMetrics``, written last:
   the run is finished when it exists).
 
-Each finished fold records its ``Identity`` (the resolved pipeline's hash, the split's hash, the kit version): a
-fold whose identity differs from its run's is never taken as done.
+Each finished fold records its ``Identity`` (the resolved pipeline's hash, the split's hash, the training labels'
+and the images' fingerprints, the kit version and what changes CPU numerics): a fold whose identity differs from
+its run's is never taken as done, and the refusal names what changed.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class SplitInfo(_Record):
     train_names_sha256: str  # the training rows, in order
     test_names_sha256: str  # the test rows, in order
     n_points: int
+    labels_sha256: str | None = None  # the parsed training points (Landmarks.digest); None: written by an older kit
 
     @classmethod
     def of(cls, comp: Competition) -> SplitInfo:
@@ -78,32 +80,95 @@ class SplitInfo(_Record):
             train_names_sha256=names_sha256(comp.train.file_names),
             test_names_sha256=names_sha256(comp.test.file_names),
             n_points=comp.n_points,
+            labels_sha256=comp.train.digest,
         )
 
     def to_dict(self) -> dict:
-        return self.model_dump()
+        return self.model_dump(exclude_none=True)
 
     def digest(self) -> str:
-        return _json_sha256(self.to_dict())
+        """Hash of the rows, points and folds (the labels are compared on their own, ``Identity.labels_sha256``)."""
+        return _json_sha256(self.model_dump(exclude={"labels_sha256"}))
 
     def first_difference(self, other: SplitInfo) -> str | None:
-        return next((key for key in type(self).model_fields if getattr(self, key) != getattr(other, key)), None)
+        """The first field that differs; labels recorded on one side only (an older kit) are not a difference."""
+        for key in type(self).model_fields:
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if key == "labels_sha256" and (mine is None or theirs is None):
+                continue
+            if mine != theirs:
+                return key
+        return None
+
+
+LABELS_CHANGED = (
+    "the training labels differ (landmarks.csv was edited since the run, or the run is of another competition)"
+)
+
+
+class Numerics(_Record):
+    """What changes a fold's floating-point results besides its inputs: the device and, on the CPU, the threads."""
+
+    device: str  # torch device type: cpu, cuda, mps
+    threads: int | None = None  # torch's intra-op CPU threads (OMP_NUM_THREADS, kit sweep --jobs); None on a GPU
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+
+    def describe(self) -> str:
+        threads = f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads is not None else ""
+        return f"{self.device}{threads}" + (", deterministic" if self.deterministic else "")
 
 
 class Identity(_Record):
-    """What produced a fold: a fold is taken as done only by a run with the same identity."""
+    """What produced a fold: a fold is taken as done only by a run with the same identity.
+
+    The fields added after the first kit default to None: a fold finished by an older kit recorded neither its
+    labels nor its images, and is refused as "not recorded" rather than assumed to match.
+    """
 
     pipeline_sha256: str  # the resolved pipeline, without its name
-    split_sha256: str  # SplitInfo.digest()
+    split_sha256: str  # SplitInfo.digest(): rows, points and folds
     kit_version: str
+    labels_sha256: str | None = None  # SplitInfo.labels_sha256: the parsed training points
+    images_sha256: str | None = None  # every training and test image's content (kit.data.prepare.images_sha256)
+    numerics: Numerics | None = None  # the device and CPU threads the fold trained with
 
     @classmethod
-    def of(cls, pipeline: Pipeline, split: SplitInfo) -> Identity:
-        return cls(pipeline_sha256=pipeline_sha256(pipeline), split_sha256=split.digest(), kit_version=kit.__version__)
+    def of(
+        cls, pipeline: Pipeline, split: SplitInfo, images_sha256: str | None = None, numerics: Numerics | None = None
+    ) -> Identity:
+        return cls(
+            pipeline_sha256=pipeline_sha256(pipeline),
+            split_sha256=split.digest(),
+            kit_version=kit.__version__,
+            labels_sha256=split.labels_sha256,
+            images_sha256=images_sha256,
+            numerics=numerics,
+        )
 
-    def differences(self, other: Identity) -> list[str]:
-        labels = {"pipeline_sha256": "pipeline", "split_sha256": "fold split or data", "kit_version": "kit version"}
-        return [label for key, label in labels.items() if getattr(self, key) != getattr(other, key)]
+    def differences(self, other: Identity, numerics: bool = True) -> list[str]:
+        """What differs from ``other``, in words (labels, images, split, pipeline, kit version, numerics).
+
+        Args:
+            numerics: also compare the numerics (False: results of other threads or devices are accepted).
+        """
+        names = {
+            "labels_sha256": "labels",
+            "images_sha256": "images",
+            "split_sha256": "split",
+            "pipeline_sha256": "pipeline",
+            "kit_version": "kit version",
+        }
+        found = []
+        for key, name in names.items():
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if mine != theirs:
+                found.append(f"{name} (not recorded by the older kit that trained it)" if mine is None else name)
+        if numerics and self.numerics != other.numerics:
+            found.append("numerics")
+        return found
+
+    def matches(self, other: Identity | None, numerics: bool = True) -> bool:
+        return other is not None and not self.differences(other, numerics)
 
 
 def pipeline_sha256(pipeline: Pipeline) -> str:
@@ -148,6 +213,7 @@ class FoldSummary(FoldScore):
     history: tuple[EpochStats, ...] = ()
     source: str | None = None  # the run whose fold checkpoint made these predictions (kit predict)
     source_mse: float | None = None  # that run's fold MSE
+    mixed_numerics: tuple[Numerics, ...] = ()  # other numerics part of the fold was trained with (--allow-mixed)
 
     def score(self) -> FoldScore:
         return FoldScore(**{key: getattr(self, key) for key in FoldScore.model_fields})
@@ -172,6 +238,7 @@ class RunMetrics(_Record):
     lineage: tuple[str, ...] = ()  # source runs: the run re-predicted (kit predict); later stacks and pseudo-labels
     source_oof_mse: float | None = None  # OOF MSE of the first source run
     report_seconds: float = 0.0
+    mixed_numerics: tuple[Numerics, ...] = ()  # every numerics its folds trained with, when several (--allow-mixed)
 
 
 def _remedy(path: Path) -> str:
@@ -179,6 +246,44 @@ def _remedy(path: Path) -> str:
     if folder.name.startswith("fold") and folder.name[4:].isdigit():
         return f"delete {folder} and rerun kit fold-train to retrain fold {folder.name[4:]}"
     return "rerun kit fold-train (finished folds are kept) to write it again"
+
+
+_CHANGED = {
+    "labels": "landmarks.csv changed since it was trained",
+    "images": "an image was replaced since it was trained",
+    "split": "folds.csv or the rows changed since it was trained",
+}
+
+
+def _numerics_message(where: Path, theirs: Numerics | None, ours: Numerics | None, done: str) -> str:
+    settings = ""
+    if theirs is not None and theirs.threads is not None:
+        settings = f"OMP_NUM_THREADS={theirs.threads}, or kit sweep's --jobs that gave it"
+    return (
+        f"{where}: {done} with {theirs.describe() if theirs else 'unrecorded numerics'}, this process runs "
+        f"{ours.describe() if ours else 'unrecorded numerics'} (results differ with the CPU thread count and device); "
+        f"rerun with the same settings{f' ({settings})' if settings else ''}, or pass --allow-mixed to accept "
+        "and record the mix"
+    )
+
+
+def check_identity(folder: Path, theirs: Identity, ours: Identity, run: str, allow_mixed: bool = False) -> None:
+    """Refuse a finished fold (``folder``) of identity ``theirs`` in a run training with identity ``ours``.
+
+    Raises:
+        KitError: naming the fold folder, what changed (labels / images / split / pipeline / kit version, or the
+            numerics, unless ``allow_mixed``) and the remedy.
+    """
+    differs = theirs.differences(ours, numerics=False)
+    if differs:
+        why = "; ".join(_CHANGED[name] for name in differs if name in _CHANGED)
+        raise KitError(
+            f"{folder}: finished with a different {' and '.join(differs)} than this run ({run})"
+            + (f": {why}" if why else "")
+            + "; delete that fold folder to retrain it, or use another run name"
+        )
+    if not allow_mixed and theirs.numerics != ours.numerics:
+        raise KitError(_numerics_message(folder, theirs.numerics, ours.numerics, "finished"))
 
 
 def _read_record(path: Path, record: type[_Record]):
@@ -347,37 +452,46 @@ class RunDir:
 
     # --- claiming and writing ------------------------------------------------------------------------------------
 
-    def check_folds(self, identity: Identity, k: int) -> dict[int, FoldSummary]:
+    def check_folds(self, identity: Identity, k: int, allow_mixed: bool = False) -> dict[int, FoldSummary]:
         """The finished folds, all of this identity.
 
+        Args:
+            allow_mixed: accept folds trained with other numerics (threads, device); the run records the mix.
+
         Raises:
-            KitError: a finished fold was produced by another pipeline, split or kit version, naming it.
+            KitError: a finished fold was produced from other labels, images, split, pipeline, kit version or (without
+                ``allow_mixed``) numerics, naming the fold folder, what changed and the remedy.
         """
         finished = self.finished_folds(k)
         for fold, summary in finished.items():
-            differs = summary.identity.differences(identity)
-            if differs:
-                raise KitError(
-                    f"{self.fold_dir(fold)}: finished with another {' and '.join(differs)} than this run "
-                    f"({self.name}); delete that fold folder or use another run name"
-                )
+            check_identity(self.fold_dir(fold), summary.identity, identity, self.name, allow_mixed)
         return finished
 
     @contextlib.contextmanager
     def claim(
-        self, pipeline: Pipeline, split: SplitInfo, folds: Sequence[int], flip_perm: np.ndarray | None = None
+        self,
+        pipeline: Pipeline,
+        split: SplitInfo,
+        folds: Sequence[int],
+        flip_perm: np.ndarray | None = None,
+        identity: Identity | None = None,
+        allow_mixed: bool = False,
     ) -> Iterator[dict[int, FoldSummary]]:
         """Lock ``folds`` of the run for this process and record its pipeline and split; yields the finished folds.
 
         A run with no finished fold is not a claim: its pipeline and split are replaced, and checkpoints of
         another identity are discarded, so that a corrected command starts cleanly.
 
+        Args:
+            identity: what the folds are trained from (default: ``Identity.of(pipeline, split)``).
+            allow_mixed: accept finished folds and checkpoints of other numerics (``check_folds``).
+
         Raises:
             KitError: finished folds of another identity, or a fold locked by a live process.
         """
-        identity = Identity.of(pipeline, split)
+        identity = identity or Identity.of(pipeline, split)
         k = max(folds, default=-1) + 1
-        finished = self.check_folds(identity, max(k, self.known_folds()))
+        finished = self.check_folds(identity, max(k, self.known_folds()), allow_mixed)
         locks: list[Path] = []
         try:
             for fold in folds:
@@ -389,8 +503,9 @@ class RunDir:
                 locks.append(lock)
                 for leftover in self.fold_dir(fold).glob(".*.tmp"):  # from a killed writer: the fold is ours now
                     leftover.unlink(missing_ok=True)
-                self._discard_foreign_checkpoint(fold, identity)
-            finished = self.check_folds(identity, max(k, self.known_folds()))  # another process may have finished
+                self._discard_foreign_checkpoint(fold, identity, allow_mixed)
+            # another process may have finished
+            finished = self.check_folds(identity, max(k, self.known_folds()), allow_mixed)
             self.record(pipeline, split, flip_perm)
             yield finished
         finally:
@@ -414,14 +529,27 @@ class RunDir:
         folds = [int(p.name[4:]) for p in self.path.glob("fold*") if p.name[4:].isdigit()] if self.path.is_dir() else []
         return max(folds, default=-1) + 1
 
-    def _discard_foreign_checkpoint(self, fold: int, identity: Identity) -> None:
-        """Remove a resumable checkpoint written under another identity (the run was not claimed by it)."""
+    def _discard_foreign_checkpoint(self, fold: int, identity: Identity, allow_mixed: bool = False) -> None:
+        """Remove a resumable checkpoint written under another identity (the run was not claimed by it).
+
+        A checkpoint of the same training under other numerics is not discarded: resuming it is refused (naming the
+        remedy) unless ``allow_mixed``, and then the fold records the mix.
+
+        Raises:
+            KitError: the checkpoint differs only in its numerics and ``allow_mixed`` is not set.
+        """
         from kit.checkpoint import read_identity
 
         last = self.checkpoint(fold, "last")
-        if last.is_file() and read_identity(last) != identity:  # unreadable checkpoints raise, naming the file
-            last.unlink()
-            self.checkpoint(fold, "best").unlink(missing_ok=True)
+        if not last.is_file():
+            return
+        saved = read_identity(last)  # unreadable checkpoints raise, naming the file
+        if saved is not None and saved.matches(identity, numerics=False):
+            if not allow_mixed and saved.numerics != identity.numerics:
+                raise KitError(_numerics_message(last, saved.numerics, identity.numerics, "was saved"))
+            return
+        last.unlink()
+        self.checkpoint(fold, "best").unlink(missing_ok=True)
 
     def write_fold(self, fold: int, summary: FoldSummary, oof: np.ndarray, test: np.ndarray) -> None:
         """Write a finished fold: its predictions, then ``done.json`` last."""
@@ -441,6 +569,8 @@ class RunDir:
         report: Callable | None = None,
         warn: Callable[[str], None] = print,
         nme_points: tuple[int, int] | None = None,
+        identity: Identity | None = None,
+        allow_mixed: bool = False,
     ) -> RunMetrics | None:
         """Combine the finished folds into ``oof.npy``, ``test.npy``, ``report.png`` and ``metrics.json``.
 
@@ -450,14 +580,16 @@ class RunDir:
                 is passed to ``warn``).
             nme_points: the two points whose distance is the face size for the run's and folds' NME (None: the
                 face box, ``kit.metrics``).
+            identity: what the folds must have been trained from (default: ``Identity.of(pipeline, split)``).
+            allow_mixed: accept folds of other numerics; ``RunMetrics.mixed_numerics`` lists them.
 
         Returns:
             The run's metrics, or None while some folds are not finished.
         """
 
         k = int(folds.max()) + 1
-        identity = Identity.of(pipeline, split)
-        finished = self.check_folds(identity, k)
+        identity = identity or Identity.of(pipeline, split)
+        finished = self.check_folds(identity, k, allow_mixed)
         if len(finished) < k:
             return None
         n_points = truth.shape[1]
@@ -561,9 +693,20 @@ class RunDir:
             lineage=tuple(lineage),
             source_oof_mse=source_oof_mse,
             report_seconds=time.perf_counter() - started,
+            mixed_numerics=_mixed_numerics(summaries),
         )
         write_json(self.metrics_file, metrics.model_dump(mode="json"))  # written last: the run is finished
         return metrics
+
+
+def _mixed_numerics(summaries: Sequence[FoldSummary]) -> tuple[Numerics, ...]:
+    """Every numerics the folds were trained with, in fold order, when there is more than one; else ()."""
+    seen: list[Numerics] = []
+    for summary in summaries:
+        for numerics in (summary.identity.numerics, *summary.mixed_numerics):
+            if numerics is not None and numerics not in seen:
+                seen.append(numerics)
+    return tuple(seen) if len(seen) > 1 else ()
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from kit.cli import app
@@ -23,6 +24,7 @@ from kit.locks import acquire_lock, release_lock
 from kit.runs import Identity, RunDir, SplitInfo, load_run
 from kit.synth import generate_competition
 from kit.train import fold_train
+from kit.train.run import run_identity
 
 TINY = [
     "model.backbone=test_resnet",
@@ -83,7 +85,7 @@ def test_a_fold_from_another_pipeline_or_split_is_never_skipped(data, tmp_path):
     # A fold folder copied from a run of another backbone / learning rate.
     _, second = _pipeline(tmp_path, "second", ["optim.lr=0.01"])
     shutil.copytree(tmp_path / "runs" / "first" / "fold0", tmp_path / "runs" / "second" / "fold0")
-    with pytest.raises(KitError, match=r"second/fold0: finished with another pipeline than this run"):
+    with pytest.raises(KitError, match=r"second/fold0: finished with a different pipeline than this run"):
         fold_train(second, data, out_dir=tmp_path / "runs", folds="0,1")
     assert not (tmp_path / "runs" / "second" / "fold1").exists()  # refused before any work
     # The same pipeline on another fold split of the same images.
@@ -92,7 +94,7 @@ def test_a_fold_from_another_pipeline_or_split_is_never_skipped(data, tmp_path):
     comp = Competition.load(other)
     write_folds(comp.folds_csv, make_folds(comp.train.file_names, k=3, seed=1))
     shutil.copytree(tmp_path / "runs" / "first", tmp_path / "runs2" / "first")
-    with pytest.raises(KitError, match=r"first/fold0: finished with another fold split or data"):
+    with pytest.raises(KitError, match=r"first/fold0: finished with a different split"):
         fold_train(first, other, out_dir=tmp_path / "runs2", folds="0")
 
 
@@ -135,7 +137,7 @@ def test_missing_image_fails_before_any_work_and_the_fixed_data_starts_cleanly(d
     image = sorted((root / "train" / "images").iterdir())[4]
     moved = image.rename(tmp_path / image.name)
     _, pipeline = _pipeline(tmp_path, "p")
-    with pytest.raises(KitError, match=rf"{image.name}: image missing \(listed in .*landmarks.csv\)"):
+    with pytest.raises(KitError, match=rf"{image.name}: image file not found \(listed in .*landmarks.csv\)"):
         fold_train(pipeline, root, out_dir=tmp_path / "runs", folds="0")
     assert _derived(root) == [] and not (tmp_path / "runs").exists()
     moved.rename(image)
@@ -198,7 +200,8 @@ def test_second_fold_train_on_the_same_run_is_refused_while_the_first_runs(data,
     assert lock.is_file()  # kill -9 leaves its lock; the next run takes it over
     metrics = fold_train(pipeline, data, out_dir=tmp_path / "runs")
     assert metrics is not None and not lock.exists()
-    assert load_run(tmp_path / "runs" / "locked").metrics.identity == Identity.of(pipeline, metrics.split)
+    identity = run_identity(pipeline, Competition.load(data), metrics.split, torch.device("cpu"))
+    assert load_run(tmp_path / "runs" / "locked").metrics.identity == identity
 
 
 @pytest.mark.slow  # trains

@@ -19,7 +19,7 @@ from kit.errors import DataError, KitError
 from kit.io import atomic_path, file_sha256, refuse_inside, write_json
 from kit.metrics import FAILURE_NME, face_sizes, normalisation
 from kit.names import check_name
-from kit.runs import Run, load_run, names_sha256
+from kit.runs import LABELS_CHANGED, Run, load_run, names_sha256
 from kit.submit.format import write_submission
 
 
@@ -59,6 +59,8 @@ def check_same_split(runs: Sequence[Run]) -> None:
                 raise KitError(f"{run.path}: predicts different {what} than {first.path} ({key} differs)")
         if a.n_points != b.n_points:
             raise KitError(f"{run.path}: {b.n_points} points, {first.path} has {a.n_points}")
+        if a.labels_sha256 is not None and b.labels_sha256 is not None and a.labels_sha256 != b.labels_sha256:
+            raise KitError(f"{run.path}: trained on other labels than {first.path} ({LABELS_CHANGED})")
 
 
 def check_matches_data(run: Run, comp: Competition) -> None:
@@ -74,6 +76,10 @@ def check_matches_data(run: Run, comp: Competition) -> None:
         raise KitError(f"{run.path}: {split.n_points} points, {comp.train_csv} has {comp.n_points}")
     if split.train_names_sha256 != names_sha256(comp.train.file_names):
         raise KitError(f"{run.path}: its training rows differ from {comp.train_csv} (train_names_sha256)")
+    if split.labels_sha256 is not None and split.labels_sha256 != comp.train.digest:
+        raise KitError(
+            f"{run.path}: trained on other labels than {comp.train_csv} ({LABELS_CHANGED}); retrain it on these labels"
+        )
     if split.test_names_sha256 != names_sha256(comp.test.file_names):
         raise KitError(f"{run.path}: its test rows differ from {comp.test_csv} (test_names_sha256)")
     if len(run.oof) != len(comp.train):

@@ -72,15 +72,26 @@ def infer(
     out: Annotated[Path, typer.Option(help="CSV to write, in the landmarks.csv layout (TAB-separated, all points).")],
     overlays: Annotated[Path | None, typer.Option(help="Also write one PNG per image with its points here.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch (default: the run's x 2).")] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing --out file (never one inside the images, the data or a run).")
+    ] = False,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Largest image accepted (width x height). Default: $KIT_MAX_IMAGE_PIXELS, else 50000000."
+        ),
+    ] = None,
 ) -> None:
     """All landmarks for any folder of face images, from a run's fold models or a blend of runs."""
     from kit.cli.train import RichReporter
+    from kit.data.images import max_image_pixels, pixel_limit
     from kit.predict.infer import infer as run_infer
 
-    result = run_infer(
-        source, images, out, overlays=overlays, force=force, batch_size=batch_size, reporter=RichReporter()
-    )
+    with pixel_limit(max_pixels):  # the decoding threads read the limit from the environment
+        max_image_pixels()  # a malformed $KIT_MAX_IMAGE_PIXELS fails before any work
+        result = run_infer(
+            source, images, out, overlays=overlays, force=force, batch_size=batch_size, reporter=RichReporter()
+        )
     extra = f", overlays in {result.overlays}" if result.overlays is not None else ""
     console.print(
         f"wrote {result.csv}: {len(result.file_names)} images x {result.points.shape[1]} points "

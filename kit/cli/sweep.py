@@ -18,7 +18,7 @@ class ExecutorName(str, Enum):
     ray = "ray"
 
 
-def _executor(name: ExecutorName, address, jobs, cpus_per_job, gpus_per_job, retries):
+def _executor(name: ExecutorName, address, jobs, cpus_per_job, gpus_per_job, retries, connect_timeout=10.0):
     if name is ExecutorName.local:
         from kit.sweep.local import LocalExecutor
 
@@ -28,7 +28,14 @@ def _executor(name: ExecutorName, address, jobs, cpus_per_job, gpus_per_job, ret
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise KitError("--executor ray: give the cluster with --address HOST:PORT (or set RAY_ADDRESS)")
-    return RayExecutor(address, cpus_per_job=cpus_per_job, gpus_per_job=gpus_per_job, retries=retries, jobs=jobs)
+    return RayExecutor(
+        address,
+        cpus_per_job=cpus_per_job,
+        gpus_per_job=gpus_per_job,
+        retries=retries,
+        jobs=jobs,
+        connect_timeout=connect_timeout,
+    )
 
 
 def _table(result) -> None:
@@ -83,6 +90,15 @@ def sweep(
         float | None, typer.Option(min=0, help="ray: GPUs each job reserves (default: 1 if the cluster has GPUs).")
     ] = None,
     retries: Annotated[int, typer.Option(min=0, help="ray: retries of a job whose node died.")] = 3,
+    connect_timeout: Annotated[
+        float, typer.Option(min=0.1, help="ray: seconds to wait for the cluster to answer before anything is built.")
+    ] = 10.0,
+    allow_mixed: Annotated[
+        bool, typer.Option(help="Accept finished folds trained with other CPU threads or device (recorded).")
+    ] = False,
+    skip_corrupt: Annotated[
+        bool, typer.Option(help="Train without images whose JPEG data is corrupt (listed) instead of failing.")
+    ] = False,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a key of every pipeline: section.key=value.")
     ] = None,
@@ -95,10 +111,22 @@ def sweep(
     from kit.sweep.run import run_sweep
     from kit.sweep.stop import StopSignal, stop_on_signals
 
-    chosen = _executor(executor, address, jobs, cpus_per_job, gpus_per_job, retries)
+    chosen = _executor(executor, address, jobs, cpus_per_job, gpus_per_job, retries, connect_timeout)
     stop = StopSignal()
     with stop_on_signals(stop):
-        result = run_sweep(sweep_file, data, out, chosen, set_ or [], submissions, workspace, emit=echo, stop=stop)
+        result = run_sweep(
+            sweep_file,
+            data,
+            out,
+            chosen,
+            set_ or [],
+            submissions,
+            workspace,
+            emit=echo,
+            stop=stop,
+            allow_mixed=allow_mixed,
+            skip_corrupt=skip_corrupt,
+        )
     _table(result)
     if stop:
         stopped = [job.label for job in result.jobs if job.state in ("interrupted", "not started")]

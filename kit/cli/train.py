@@ -71,6 +71,16 @@ def _pipeline(path: Path, overrides: list[str] | None):
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override a pipeline key: section.key=value (repeatable).")
 ]
+AllowMixedOption = Annotated[
+    bool,
+    typer.Option(
+        help="Resume folds trained with other CPU threads (OMP_NUM_THREADS, kit sweep --jobs) or device; "
+        "the run records the mix."
+    ),
+]
+SkipCorruptOption = Annotated[
+    bool, typer.Option(help="Train without the images whose JPEG data is corrupt (listed) instead of failing.")
+]
 
 
 @handle_errors
@@ -82,6 +92,8 @@ def fold_train(
     set_: SetOption = None,
     workspace: WorkspaceOption = None,
     nme_points: NmePointsOption = None,
+    allow_mixed: AllowMixedOption = False,
+    skip_corrupt: SkipCorruptOption = False,
 ) -> None:
     """k-fold fine-tuning: OOF and fold-averaged test predictions in original pixels, metrics and a report."""
     from kit.metrics import format_nme
@@ -91,7 +103,15 @@ def fold_train(
     config = _pipeline(pipeline, set_)
     echo_workspace(data, workspace)
     metrics = run_fold_train(
-        config, data, out_dir=out, folds=folds, reporter=RichReporter(), workspace=workspace, nme_points=pair
+        config,
+        data,
+        out_dir=out,
+        folds=folds,
+        reporter=RichReporter(),
+        workspace=workspace,
+        nme_points=pair,
+        allow_mixed=allow_mixed,
+        skip_corrupt=skip_corrupt,
     )
     if metrics is not None:
         console.print(
@@ -118,6 +138,8 @@ def pseudo(
     ] = Path("runs"),
     set_: SetOption = None,
     workspace: WorkspaceOption = None,
+    allow_mixed: AllowMixedOption = False,
+    skip_corrupt: SkipCorruptOption = False,
 ) -> None:
     """fold-train on the training folds plus the test images, fold k labelled only by the source's fold-k models."""
     from kit.metrics import format_nme
@@ -131,7 +153,16 @@ def pseudo(
         overrides.append(f"pseudo.max_spread={max_spread}")
     config = _pipeline(pipeline, overrides)
     echo_workspace(data, workspace)
-    metrics = run_fold_train(config, data, out_dir=out, folds=folds, reporter=RichReporter(), workspace=workspace)
+    metrics = run_fold_train(
+        config,
+        data,
+        out_dir=out,
+        folds=folds,
+        reporter=RichReporter(),
+        workspace=workspace,
+        allow_mixed=allow_mixed,
+        skip_corrupt=skip_corrupt,
+    )
     if metrics is not None:
         nme = format_nme(metrics.oof_nme, metrics.oof_failure_rate)
         console.print(f"OOF MSE {metrics.oof_mse:.4f}  {nme} (pseudo-labels from {source})", highlight=False)
@@ -150,8 +181,11 @@ def prepare(
             min=1, help="Largest image accepted (width x height). Default: $KIT_MAX_IMAGE_PIXELS, else 50000000."
         ),
     ] = None,
+    skip_corrupt: Annotated[
+        bool, typer.Option(help="Accept images whose JPEG data is corrupt, listing them (training leaves them out).")
+    ] = False,
 ) -> None:
-    """Build the uint8 crop cache that training reads instead of JPEGs."""
+    """Build the uint8 crop cache that training reads instead of JPEGs (decoding strictly, as kit check --decode)."""
     from kit.data.competition import Competition
     from kit.data.images import max_image_pixels, pixel_limit
     from kit.data.prepare import prepare_crops
@@ -162,8 +196,12 @@ def prepare(
         max_image_pixels()  # a malformed $KIT_MAX_IMAGE_PIXELS fails before any work
         for split, count in (("train", len(comp.train)), ("test", len(comp.test))):
             with progress_bar(count, f"crops {split}") as advance:
-                cache = prepare_crops(comp, split, size, margin, pad, progress=advance)
+                cache = prepare_crops(comp, split, size, margin, pad, progress=advance, skip_corrupt=skip_corrupt)
             console.print(f"{split}: {count} crops of {cache.side}x{cache.side} in {cache.path}", highlight=False)
+            if cache.corrupt:
+                names = comp.train.file_names if split == "train" else comp.test.file_names
+                listed = ", ".join(str(names[i]) for i in cache.corrupt)
+                console.print(f"{split}: {len(cache.corrupt)} image(s) with corrupt data: {listed}", highlight=False)
 
 
 class WeightPackage(str, Enum):

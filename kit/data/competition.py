@@ -90,14 +90,28 @@ def resolve_workspace(root: str | Path, workspace: str | Path | None = None) -> 
     """
     root = Path(root)
     if workspace is not None and str(workspace) != "":
-        return Path(workspace), "--workspace"
+        return _folder(Path(workspace), "--workspace "), "--workspace"
     if os.environ.get(WORKSPACE_ENV):
-        return Path(os.environ[WORKSPACE_ENV]), WORKSPACE_ENV
+        return _folder(Path(os.environ[WORKSPACE_ENV]), f"{WORKSPACE_ENV}="), WORKSPACE_ENV
     if os.access(root, os.W_OK):
         return root, "data folder"
     resolved = root.resolve()
     digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
     return _kit_cache_dir() / "workspaces" / f"{resolved.name or 'data'}-{digest}", "data folder is read-only"
+
+
+def _folder(path: Path, what: str) -> Path:
+    """``path``, unless it (or a parent) is a file.
+
+    Raises:
+        DataError: ``{what}{path}: ... is a file, not a folder`` with the remedy.
+    """
+    absolute = path.absolute()
+    existing = next((p for p in (absolute, *absolute.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "" if existing == absolute else f" ({existing} is a file)"
+        raise DataError(f"{what}{path}: not a folder{where}; point it at a folder for the derived files")
+    return path
 
 
 def _kit_cache_dir() -> Path:

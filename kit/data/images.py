@@ -7,6 +7,7 @@ Every decode is preceded by a check of the size the file declares in its header 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
@@ -41,6 +42,23 @@ _CORRUPT_DATA = re.compile(
 )
 _capture_lock = threading.Lock()
 _capture_pipe: tuple[int, int] | None = None  # (read, write) ends that take the process's stderr in a strict decode
+
+
+class CorruptImage(DataError):
+    """Image data the decoder repairs with only a warning (a strict decode refuses it)."""
+
+
+def unreadable(path: Path, exc: OSError) -> DataError:
+    """The one-line error for an image file that cannot be opened: missing, a dangling link or a loop, a folder."""
+    if exc.errno == errno.ELOOP:
+        return DataError(f"{path}: a symbolic link loop, not an image (remove it or point it at the image)")
+    if isinstance(exc, FileNotFoundError):
+        if os.path.islink(path):
+            return DataError(f"{path}: a dangling symbolic link (its target {os.readlink(path)} is missing)")
+        return DataError(f"{path}: image file not found")
+    if isinstance(exc, IsADirectoryError):
+        return DataError(f"{path}: is a folder, not an image")
+    return DataError(f"{path}: cannot read image ({exc.strerror or type(exc).__name__})")
 
 
 def max_image_pixels() -> int:
@@ -117,7 +135,8 @@ def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -
     if width * height > limit:
         raise DataError(
             f"{path}: image declares {width}x{height} pixels ({width * height / 1e6:.1f} megapixels), over the limit "
-            f"of {limit / 1e6:g} megapixels (--max-pixels or ${MAX_PIXELS_ENV})"
+            f"of {limit / 1e6:g} megapixels (raise it with ${MAX_PIXELS_ENV}, or --max-pixels of kit check, prepare "
+            "or infer)"
         )
 
 
@@ -160,7 +179,7 @@ def _decode_strict(path: Path, data: bytes) -> np.ndarray | None:
     if messages:
         corrupt = _CORRUPT_DATA.search(messages.decode("utf-8", "replace"))
         if corrupt:
-            raise DataError(f"{path}: corrupt image data (decoder: {corrupt.group(0).strip()})")
+            raise CorruptImage(f"{path}: corrupt image data (decoder: {corrupt.group(0).strip()})")
         os.write(2, messages)  # anything else the decoder said, passed on
     return image
 
@@ -202,10 +221,8 @@ def load_image(path: str | Path, max_pixels: int | None = None, strict: bool = F
     path = Path(path)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not an image") from None
+    except OSError as exc:
+        raise unreadable(path, exc) from None
     if not data:
         raise DataError(f"{path}: empty image file")
     size = _declared_size(data)
@@ -239,12 +256,8 @@ def read_image_size(path: str | Path, max_pixels: int | None = None) -> tuple[in
             f.seek(0)
             # PIL parses the header from memory when the file was read whole.
             width, height, orientation = _pil_size(path, io.BytesIO(head) if len(head) < _HEADER_BYTES else f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not an image") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read image ({exc.strerror or type(exc).__name__})") from None
+        raise unreadable(path, exc) from None
     _check_pixels(path, width, height, max_pixels)
     if orientation in _TRANSPOSING_ORIENTATIONS:
         width, height = height, width

@@ -2,12 +2,15 @@
 
 The number of points always comes from the header. ``landmarks.csv`` is cut into pieces at line ends, parsed by
 pandas' C parser on all cores and streamed into a ``.npy`` cache, which is memory-mapped on reload. When the fast
-path finds anything wrong, a slower pass over the raw lines names the offending line and column.
+path finds anything wrong, a slower pass over the raw lines names the offending line and column. The points' hash
+(``Landmarks.digest``, the labels' fingerprint in a run's identity) is computed while the cache is written and
+kept beside it, so a reload does not read the points again.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import os
@@ -27,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from kit.errors import DataError
-from kit.io import WriteError, atomic_path, save_npy
+from kit.io import WriteError, atomic_path, save_npy, write_text
 
 FILE_COLUMN = "file_name"
 INDEX_LIST_COLUMN = "point_index_list"
@@ -54,6 +57,12 @@ class Landmarks:
 
     file_names: np.ndarray  # (N,) str
     points: np.ndarray  # (N, P, 2) float32, original-image pixels; read-only (memory-mapped when cached)
+    points_sha256: str | None = None  # the points' hash when known (kept with the cache); see ``digest``
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of the float32 points in row order and their shape: what a model is trained to predict."""
+        return self.points_sha256 or points_digest(self.points)
 
     @property
     def n_points(self) -> int:
@@ -284,15 +293,37 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
 
 
-def _write_cache(path: Path, points_file: Path) -> np.ndarray:
-    """Stream the parsed points into ``points_file`` (N, P, 2) float32; return the file names."""
+def _shape_suffix(n_rows: int, n_points: int) -> bytes:
+    return f"|{n_rows}x{n_points}".encode()
+
+
+def points_digest(points: np.ndarray) -> str:
+    """sha256 of (N, P, 2) points as C-ordered float32, then their shape (``Landmarks.digest``)."""
+    points = np.asarray(points)
+    digest = hashlib.sha256()
+    for start in range(0, len(points), _BLOCK_ROWS):
+        digest.update(np.ascontiguousarray(points[start : start + _BLOCK_ROWS], dtype=np.float32).data)
+    digest.update(_shape_suffix(len(points), points.shape[1]))
+    return digest.hexdigest()
+
+
+def _write_cache(path: Path, points_file: Path) -> tuple[np.ndarray, str]:
+    """Stream the parsed points into ``points_file`` (N, P, 2) float32; return the file names and the points' hash."""
+    digest = hashlib.sha256()
+
+    def sink(block: np.ndarray) -> None:
+        f.write(block.data)
+        digest.update(block.data)
+
     with atomic_path(points_file) as tmp, open(tmp, "wb") as f:
         f.write(b"\0" * _NPY_HEADER_BYTES)  # the row count is known only at the end
-        file_names = _stream(path, lambda block: f.write(block.data))
+        file_names = _stream(path, sink)
         n_values = (f.tell() - _NPY_HEADER_BYTES) // 4
+        n_points = n_values // len(file_names) // 2
         f.seek(0)
-        f.write(_npy_header((len(file_names), n_values // len(file_names) // 2, 2)))
-    return file_names
+        f.write(_npy_header((len(file_names), n_points, 2)))
+    digest.update(_shape_suffix(len(file_names), n_points))
+    return file_names, digest.hexdigest()
 
 
 def _fingerprint(path: Path, size: int) -> str:
@@ -320,7 +351,7 @@ def _cache_stem(path: Path) -> tuple[str, str]:
     return prefix, prefix + hashlib.sha256(ident.encode()).hexdigest()[:12]
 
 
-def _load_cached(names_file: Path, points_file: Path) -> Landmarks | None:
+def _load_cached(names_file: Path, points_file: Path, digest_file: Path) -> Landmarks | None:
     if not (points_file.is_file() and names_file.is_file()):
         return None
     try:
@@ -330,7 +361,17 @@ def _load_cached(names_file: Path, points_file: Path) -> Landmarks | None:
         return None
     if points.ndim != 3 or points.shape[2] != 2 or len(points) != len(file_names):
         return None
-    return Landmarks(file_names=file_names, points=points)
+    try:
+        digest = digest_file.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        digest = ""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):  # a cache of an older kit: hash the points once, keep the hash
+        digest = points_digest(points)
+        try:
+            write_text(digest_file, digest + "\n")
+        except (OSError, WriteError):
+            pass
+    return Landmarks(file_names=file_names, points=points, points_sha256=digest)
 
 
 def _parse_landmarks(path: Path) -> Landmarks:
@@ -362,19 +403,21 @@ def read_landmarks(path: str | Path, cache_dir: str | Path | None = None, use_ca
     cache_dir = Path(cache_dir) if cache_dir is not None else path.parent / ".kit_cache"
     prefix, stem = _cache_stem(path)
     names_file, points_file = cache_dir / f"{stem}.names.npy", cache_dir / f"{stem}.points.npy"
-    cached = _load_cached(names_file, points_file)
+    digest_file = cache_dir / f"{stem}.points.sha256"
+    cached = _load_cached(names_file, points_file, digest_file)
     if cached is not None:
         return cached
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        for stale in cache_dir.glob(f"{prefix}*.npy"):
+        for stale in [*cache_dir.glob(f"{prefix}*.npy"), *cache_dir.glob(f"{prefix}*.sha256")]:
             if not stale.name.startswith(stem):
                 stale.unlink(missing_ok=True)
-        file_names = _write_cache(path, points_file)
+        file_names, digest = _write_cache(path, points_file)
+        write_text(digest_file, digest + "\n")
         save_npy(names_file, file_names)
     except (OSError, WriteError):
         return _parse_landmarks(path)  # a read-only cache folder, or a full disk, only loses the cache
-    return Landmarks(file_names=file_names, points=np.load(points_file, mmap_mode="r"))
+    return Landmarks(file_names=file_names, points=np.load(points_file, mmap_mode="r"), points_sha256=digest)
 
 
 _INT_LIST = re.compile(r"\[\s*(-?\d+\s*(,\s*-?\d+\s*)*)?\]", re.ASCII)

@@ -8,6 +8,7 @@ runs are combined with the blend's weights.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -26,7 +27,7 @@ from kit.data.images import load_image
 from kit.data.landmarks import point_columns
 from kit.data.prepare import crop_image
 from kit.errors import KitError
-from kit.io import atomic_path
+from kit.io import atomic_path, refuse_inside
 from kit.predict.models import inference_device, load_fold_model
 from kit.predict.tta import predict_points
 from kit.progress import Reporter, SilentReporter
@@ -50,6 +51,7 @@ class Inferred:
     points: np.ndarray  # (N, P, 2) original pixels
     images_per_second: float
     overlays: Path | None
+    skipped: int = 0  # files of the images folder that are not images
 
 
 def source_members(source: str | Path) -> list[Member]:
@@ -84,14 +86,66 @@ def source_members(source: str | Path) -> list[Member]:
     return members
 
 
-def list_images(folder: str | Path) -> list[Path]:
+def list_images(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """The images of ``folder`` (by suffix, sorted) and the other files and folders in it, which are skipped.
+
+    Raises:
+        KitError: the folder is missing or has no image, or an image name is a dangling symbolic link or a loop.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise KitError(f"{folder}: images folder not found")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images, others = [], []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            others.append(path)
+            continue
+        try:
+            path.stat()
+        except OSError as exc:
+            if path.is_symlink():
+                what = "a symbolic link loop" if exc.errno == errno.ELOOP else "a dangling symbolic link"
+                raise KitError(f"{path}: {what} (remove it or point it at an image)") from None
+            raise KitError(f"{path}: cannot read ({exc.strerror})") from None
+        (images if path.is_file() else others).append(path)
     if not images:
         raise KitError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    return images
+    return images, others
+
+
+def _enclosing(path: Path, is_what: Callable[[Path], bool]) -> Path | None:
+    """``path`` (resolved) or its nearest parent for which ``is_what`` holds, else None."""
+    resolved = path.resolve()
+    return next((folder for folder in (resolved, *resolved.parents) if is_what(folder)), None)
+
+
+def _is_competition(folder: Path) -> bool:
+    return (folder / "train" / "landmarks.csv").is_file() or (folder / "test" / "test_points.csv").is_file()
+
+
+def check_outputs(out: Path, overlays: Path | None, images_dir: Path, force: bool) -> None:
+    """Refuse outputs that would overwrite or mix with inputs, whatever ``force`` says.
+
+    ``--out`` and ``--overlays`` must lie outside ``--images``, any competition folder and any run folder;
+    ``--out`` must not be a folder, nor an existing file without ``force``.
+
+    Raises:
+        KitError: naming the option, the path and the folder it falls in.
+    """
+    for option, path in (("--out", out), ("--overlays", overlays)):
+        if path is None:
+            continue
+        refuse_inside(path, images_dir, option, "the --images folder")
+        competition = _enclosing(path, _is_competition)
+        if competition is not None:
+            raise KitError(f"{option} {path}: inside the competition folder {competition}; write outputs elsewhere")
+        run = _enclosing(path, lambda folder: RunDir(folder).is_run())
+        if run is not None:
+            raise KitError(f"{option} {path}: inside the run folder {run}; write outputs elsewhere")
+    if out.is_dir():
+        raise KitError(f"--out {out}: is a folder; give the CSV file to write")
+    if out.exists() and not force:
+        raise KitError(f"{out}: exists (choose another --out, or --force to replace it)")
 
 
 class _Crops(torch.utils.data.Dataset):
@@ -190,15 +244,21 @@ def infer(
 ) -> Inferred:
     """Predict every image of ``images_dir`` with ``source`` (a run folder or a blend JSON) into ``out``.
 
+    Files of ``images_dir`` without an image suffix are skipped and counted (``Inferred.skipped``).
+
     Raises:
-        KitError: a bad source, an unreadable image (named), or an existing ``out`` without ``force``.
+        KitError: a bad source, an unreadable image or a dangling symbolic link (named), an output inside the
+            images, a competition or a run folder (even with ``force``), or an existing ``out`` without ``force``.
     """
     reporter = reporter or SilentReporter()
     out = Path(out)
-    if out.exists() and not force:
-        raise KitError(f"{out}: exists (choose another --out, or --force to replace it)")
+    images_dir = Path(images_dir)
     members = source_members(source)
-    paths = list_images(images_dir)
+    check_outputs(out, Path(overlays) if overlays is not None else None, images_dir, force)
+    paths, others = list_images(images_dir)
+    if others:
+        listed = ", ".join(p.name for p in others[:5]) + (", ..." if len(others) > 5 else "")
+        reporter.message(f"{images_dir}: skipped {len(others)} file(s) that are not images: {listed}")
     device = inference_device()
     started = time.perf_counter()
     blended, crops_by_setting = None, {}
@@ -218,5 +278,10 @@ def infer(
         for path, points in zip(paths, blended, strict=True):
             draw_overlay(overlay_dir / f"{path.stem}.png", load_image(path), points)
     return Inferred(
-        csv=out, file_names=names, points=blended, images_per_second=images_per_second, overlays=overlay_dir
+        csv=out,
+        file_names=names,
+        points=blended,
+        images_per_second=images_per_second,
+        overlays=overlay_dir,
+        skipped=len(others),
     )

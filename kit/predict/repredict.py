@@ -16,7 +16,7 @@ from kit.config import Pipeline, pipeline_from_dict
 from kit.data.competition import Competition
 from kit.data.derived import flip_permutation
 from kit.data.folds import load_folds
-from kit.data.prepare import prepare_crops
+from kit.data.prepare import images_sha256, prepare_crops
 from kit.errors import KitError
 from kit.io import refuse_inside
 from kit.metrics import face_sizes, landmark_scores, mse
@@ -55,8 +55,8 @@ def default_name(run: RunDir, pipeline: Pipeline) -> str:
     return "-".join(parts)
 
 
-def _source_folds(source: RunDir, pipeline: Pipeline, split: SplitInfo, k: int) -> list[FoldSummary]:
-    finished = source.check_folds(Identity.of(pipeline, split), k)
+def _source_folds(source: RunDir, identity: Identity, k: int) -> list[FoldSummary]:
+    finished = source.check_folds(identity, k, allow_mixed=True)  # predicting: the threads it trained with are moot
     for fold in range(k):
         if fold not in finished:
             raise KitError(f"{source.fold_dir(fold)}: fold {fold} is not finished (train it first)")
@@ -99,7 +99,9 @@ def repredict(
         )
     folds = load_folds(comp.folds_csv, comp.train.file_names)
     k = int(folds.max()) + 1
-    summaries = _source_folds(source, source_pipeline, split, k)
+    recorded = any(s.identity.images_sha256 for s in source.finished_folds(k).values())
+    images = images_sha256(comp) if recorded else None  # a run of an older kit did not record its images
+    summaries = _source_folds(source, Identity.of(source_pipeline, split, images), k)
     nme_points = comp.nme_points
     face_sizes(comp.train.points, nme_points, source=str(comp.train_csv), names=comp.train.file_names)
 
@@ -117,7 +119,7 @@ def repredict(
     device = inference_device()
     flip = perm if pipeline.tta.hflip else None
     points = np.asarray(comp.train.points, dtype=np.float32)
-    identity = Identity.of(pipeline, split)
+    identity = Identity.of(pipeline, split, images)
     batch = pipeline.train.batch_size * 2
     source_metrics = source.read_metrics() if source.is_finished() else None
     source_mse = source_metrics.oof_mse if source_metrics is not None else None
@@ -162,5 +164,6 @@ def repredict(
             report=report_writer(train_cache, points, pipeline, nme_points),
             warn=reporter.message,
             nme_points=nme_points,
+            identity=identity,
         )
     return Repredicted(run_dir=target.path, metrics=metrics, source_oof_mse=source_mse)

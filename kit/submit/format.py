@@ -102,6 +102,11 @@ def validate_submission(path: str | Path, test: TestPoints) -> np.ndarray:
         raise DataError(f"{path}: file not found")
     expected = submission_columns(test.indices.shape[1])
     got = _read_header(path)
+    if got and got[0].startswith("\ufeff"):
+        raise DataError(
+            f"{path}: starts with a byte-order mark (BOM, U+FEFF) before 'file_name'; save it as UTF-8 without BOM "
+            "(kit writes submissions without one)"
+        )
     if got != expected:
         if len(got) != len(expected):
             raise DataError(
@@ -109,7 +114,8 @@ def validate_submission(path: str | Path, test: TestPoints) -> np.ndarray:
                 f"{test.indices.shape[1]} requested points)"
             )
         col = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
-        raise DataError(f"{path}: header column {col + 1} is '{got[col]}', expected '{expected[col]}'")
+        shown = f"'{got[col]}'" if got[col].isprintable() else ascii(got[col])  # invisible characters spelled out
+        raise DataError(f"{path}: header column {col + 1} is {shown}, expected '{expected[col]}'")
     _check_field_counts(path)
     frame = read_submission(path)
     if len(frame) != len(test):

@@ -38,6 +38,7 @@ class Job:
     data_dir: Path
     runs_dir: Path
     workspace: Path | None = None
+    flags: tuple[str, ...] = ()  # fold-train options every job of the sweep gets (--allow-mixed, --skip-corrupt)
 
     @property
     def label(self) -> str:
@@ -47,15 +48,18 @@ class Job:
         """The fold-train command line of the job."""
         command = [python or sys.executable, "-m", "kit", "fold-train", str(self.pipeline_file)]
         command += ["--data", str(self.data_dir), "--out", str(self.runs_dir), "--folds", str(self.fold)]
-        return command + (["--workspace", str(self.workspace)] if self.workspace is not None else [])
+        command += ["--workspace", str(self.workspace)] if self.workspace is not None else []
+        return command + list(self.flags)
 
     def to_dict(self) -> dict:
-        return {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(self).items()}
+        data = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(self).items()}
+        return data | {"flags": list(self.flags)}
 
     @classmethod
     def from_dict(cls, data: dict) -> Job:
         paths = ("pipeline_file", "data_dir", "runs_dir", "workspace")
-        return cls(**{key: (Path(v) if key in paths and v is not None else v) for key, v in data.items()})
+        job = {key: (Path(v) if key in paths and v is not None else v) for key, v in data.items()}
+        return cls(**job | {"flags": tuple(data.get("flags", ()))})
 
 
 @dataclass(frozen=True)

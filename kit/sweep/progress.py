@@ -173,7 +173,8 @@ class Tracker:
             summary = RunDir.under(self.runs_dir, job.run).read_fold(job.fold)
         except KitError:
             return None
-        if summary is None or summary.identity != self.identities.get(job.run):
+        identity = self.identities.get(job.run)
+        if summary is None or identity is None or not identity.matches(summary.identity, numerics=False):
             return None
         return summary.mse
 
@@ -194,4 +195,4 @@ def finished_metrics(run: RunDir, identity: Identity | None):
         metrics = run.read_metrics()
     except KitError:
         return None
-    return metrics if identity is None or metrics.identity == identity else None
+    return metrics if identity is None or identity.matches(metrics.identity, numerics=False) else None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +32,60 @@ def _import_ray():
     except ImportError:
         raise KitError("--executor ray: Ray is not installed (pip install -e '.[sweep]')") from None
     return ray
+
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+# Connects to the cluster's GCS as ray.init would, in a child process that can be killed: Ray's own client retries
+# an address where nothing answers for about 40 s, and ray.init for ever.
+_PROBE = """
+import sys
+import ray._raylet
+from ray._private import services
+ray._raylet.GcsClient(address=services.canonicalize_bootstrap_address_or_die(sys.argv[1]))
+"""
+
+
+def _split_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``HOST:PORT`` or ``ray://HOST:PORT``; None for ``auto`` or anything else."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
+    """Check within ``timeout`` seconds that a Ray cluster answers at ``address``.
+
+    Raises:
+        KitError: one line naming the address, what happened and the remedy (nothing listens there, it does not
+            answer in time, or it is not a Ray cluster).
+    """
+    started = time.monotonic()
+    remedy = "start it (ray start --head --port PORT on the head node) or fix --address / $RAY_ADDRESS"
+    parts = _split_address(address)
+    if parts is not None:
+        try:
+            socket.create_connection(parts, timeout=timeout).close()
+        except TimeoutError:
+            within = f"no answer within {timeout:g} s (--connect-timeout)"
+            raise KitError(f"--address {address}: {within}; {remedy}") from None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise KitError(f"--address {address}: no Ray cluster there ({reason}); {remedy}") from None
+    if address.startswith("ray://"):
+        return  # a Ray Client server: ray.init checks the rest
+    left = max(1.0, timeout - (time.monotonic() - started))
+    try:
+        command = [sys.executable, "-c", _PROBE, address]
+        probe = subprocess.run(command, capture_output=True, text=True, timeout=left, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise KitError(
+            f"--address {address}: no Ray cluster answered within {timeout:g} s (--connect-timeout); {remedy}"
+        ) from None
+    if probe.returncode != 0:
+        lines = [line.strip() for line in probe.stderr.splitlines() if line.strip()]
+        reason = lines[-1][:200] if lines else f"exit code {probe.returncode}"
+        raise KitError(f"--address {address}: not a Ray cluster ({reason}); {remedy}")
 
 
 def _node_alive(node_id: str) -> bool | None:
@@ -104,6 +160,7 @@ class RayExecutor:
         gpus_per_job: GPUs each task reserves; None: 1 when the cluster has GPUs, else 0.
         retries: how often a task whose worker or node died is retried.
         jobs: the most tasks submitted at once (None: all; Ray runs as many as the cluster's resources fit).
+        connect_timeout: seconds ``check`` waits for the cluster to answer.
     """
 
     def __init__(
@@ -113,12 +170,19 @@ class RayExecutor:
         gpus_per_job: float | None = None,
         retries: int = 3,
         jobs: int | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     ):
         self.address = address
         self.cpus_per_job = cpus_per_job
         self.gpus_per_job = gpus_per_job
         self.retries = retries
         self.jobs = jobs
+        self.connect_timeout = connect_timeout
+
+    def check(self) -> None:
+        """Fail within ``connect_timeout`` seconds, in one line, when Ray is missing or no cluster answers."""
+        _import_ray()
+        check_address(self.address, self.connect_timeout)
 
     def describe(self) -> str:
         return f"ray executor: cluster {self.address}, {self.cpus_per_job} CPU(s) per job, {self.retries} retries"

@@ -19,6 +19,7 @@ from kit.blend.blend import BlendResult, blend_runs
 from kit.config import dump_pipeline
 from kit.data.competition import Competition
 from kit.data.derived import ensure_folds, fold_count
+from kit.data.prepare import images_sha256
 from kit.errors import KitError
 from kit.io import write_text
 from kit.runs import Identity, RunDir, SplitInfo
@@ -58,7 +59,9 @@ class SweepResult:
         return [job for job in self.jobs if job.state == "failed"]
 
 
-def _prepare_caches(comp: Competition, sweep: Sweep, jobs: list[Job], emit: Callable[[str], None]) -> None:
+def _prepare_caches(
+    comp: Competition, sweep: Sweep, jobs: list[Job], emit: Callable[[str], None], skip_corrupt: bool = False
+) -> None:
     """Build each crop cache the pending jobs need once, here, instead of in several jobs at the same time."""
     from kit.data.prepare import prepare_crops
 
@@ -72,7 +75,7 @@ def _prepare_caches(comp: Competition, sweep: Sweep, jobs: list[Job], emit: Call
     )
     for size, margin, pad in shapes:
         for split in ("train", "test"):
-            cache = prepare_crops(comp, split, size, margin, pad, workers=usable_cores())
+            cache = prepare_crops(comp, split, size, margin, pad, workers=usable_cores(), skip_corrupt=skip_corrupt)
             emit(f"crop cache {split} {size} px (pad {pad}): {cache.path}")
 
 
@@ -97,6 +100,8 @@ def run_sweep(
     workspace: str | Path | None = None,
     emit: Callable[[str], None] = print,
     stop: StopSignal | None = None,
+    allow_mixed: bool = False,
+    skip_corrupt: bool = False,
 ) -> SweepResult:
     """Train every unfinished fold of every run of the sweep, then blend the finished runs (if the file says so).
 
@@ -110,29 +115,38 @@ def run_sweep(
         workspace: the data's workspace (``--workspace``), passed on to every job.
         emit: prints one progress line.
         stop: set by signals: stops the jobs cleanly (they resume when the same sweep runs again).
+        allow_mixed: passed to every fold-train: accept finished folds of other numerics (CPU threads).
+        skip_corrupt: passed to every fold-train: train without the images whose data is corrupt.
 
     Raises:
-        KitError: the sweep file, a pipeline or the data is invalid (before any job starts).
+        KitError: the sweep file, a pipeline or the data is invalid, or the executor cannot run (a Ray cluster that
+            does not answer), before any job starts or cache is built.
     """
     stop = stop if stop is not None else StopSignal()
     sweep = load_sweep(sweep_path, overrides)
+    check = getattr(executor, "check", None)
+    if check is not None:
+        check()  # a cluster that is not there fails now, in bounded time, not after the caches are built
     data_dir, runs_dir = Path(data_dir).absolute(), Path(runs_dir).absolute()
     workspace = Path(workspace).absolute() if workspace is not None else None
     comp = Competition.load(data_dir, workspace=workspace)
     ensure_folds(comp)  # once, here: parallel jobs would each write the default split
     k = fold_count(comp)
     split = SplitInfo.of(comp)
-    identities = {run.name: Identity.of(run.pipeline, split) for run in sweep.runs}
+    images = images_sha256(comp)
+    # Numerics are those of each job's process (its node, threads): each fold-train checks them itself.
+    identities = {run.name: Identity.of(run.pipeline, split, images) for run in sweep.runs}
     tracker = Tracker(runs_dir, uuid.uuid4().hex[:12], identities, emit)
     emit(f"sweep {sweep.path}: {len(sweep.runs)} run(s) x {k} folds; {executor.describe()}")
 
+    flags = tuple(flag for flag, on in (("--allow-mixed", allow_mixed), ("--skip-corrupt", skip_corrupt)) if on)
     jobs: list[Job] = []
     for run in sweep.runs:
         path = pipeline_file(runs_dir, run.name)
         write_text(path, dump_pipeline(run.pipeline))
         run_dir = RunDir.under(runs_dir, run.name)
         try:
-            finished = run_dir.check_folds(identities[run.name], k)
+            finished = run_dir.check_folds(identities[run.name], k, allow_mixed=True)
         except KitError as exc:
             for fold in range(k):
                 tracker.failed_before_start(run.name, fold, str(exc))
@@ -141,9 +155,9 @@ def run_sweep(
             if fold in finished:
                 tracker.skipped(run.name, fold, finished[fold].mse)
             else:
-                jobs.append(Job(run.name, fold, path, data_dir, runs_dir, workspace))
+                jobs.append(Job(run.name, fold, path, data_dir, runs_dir, workspace, flags))
     if jobs:
-        _prepare_caches(comp, sweep, jobs, emit)
+        _prepare_caches(comp, sweep, jobs, emit, skip_corrupt)
     for job in jobs:
         tracker.queued(job)
     executor.run(jobs, tracker, stop)
@@ -154,12 +168,14 @@ def run_sweep(
             run_dir = RunDir.under(runs_dir, run.name)
             done = len(run_dir.finished_folds(k)) if run_dir.path.is_dir() else 0
             if done == k and finished_metrics(run_dir, identities[run.name]) is None:
-                _assemble(Job(run.name, 0, pipeline_file(runs_dir, run.name), data_dir, runs_dir, workspace), emit)
+                job = Job(run.name, 0, pipeline_file(runs_dir, run.name), data_dir, runs_dir, workspace, flags)
+                _assemble(job, emit)
     for run in sweep.runs:
         run_dir = RunDir.under(runs_dir, run.name)
         metrics = finished_metrics(run_dir, identities[run.name])
         try:
-            done = len([s for s in run_dir.finished_folds(k).values() if s.identity == identities[run.name]])
+            identity = identities[run.name]
+            done = len([s for s in run_dir.finished_folds(k).values() if identity.matches(s.identity, numerics=False)])
         except KitError:
             done = 0
         result.runs.append(RunOutcome(run.name, metrics.oof_mse if metrics else None, done, k))

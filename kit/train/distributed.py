@@ -49,6 +49,14 @@ def select_device(info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
+def current_numerics(device: torch.device):
+    """What changes this process's floating-point results: the device type and, on the CPU, torch's threads."""
+    from kit.runs import Numerics
+
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    return Numerics(device=device.type, threads=threads, deterministic=torch.are_deterministic_algorithms_enabled())
+
+
 @torch.no_grad()
 def check_in_sync(model: torch.nn.Module, info: DistInfo) -> None:
     """After training under DDP, every rank must hold the same weights (gradients were averaged across ranks).

@@ -25,7 +25,7 @@ from kit.models.base import LandmarkModel
 from kit.predict.tta import inference_loader, predict_points
 from kit.predict.tta import predict_original as _predict_original
 from kit.progress import Reporter, SilentReporter
-from kit.runs import EpochStats, FoldSummary, Identity, RunDir
+from kit.runs import EpochStats, FoldSummary, Identity, Numerics, RunDir
 from kit.train.distributed import DistInfo, barrier, check_in_sync, select_device
 from kit.train.engine import EpochProgress, NonFiniteLoss, make_optimizer, train_one_epoch
 from kit.train.pseudo import PseudoLabels
@@ -113,6 +113,17 @@ def predict_original(
     )
 
 
+def _earlier_numerics(state: dict, identity: Identity) -> list[Numerics]:
+    """The other numerics a resumed checkpoint was trained with (``--allow-mixed``), its own last."""
+    mixed = [Numerics.model_validate(n) for n in state.get("mixed_numerics") or ()]
+    saved = (state.get("identity") or {}).get("numerics")
+    if saved is not None:
+        numerics = Numerics.model_validate(saved)
+        if numerics != identity.numerics and numerics not in mixed:
+            mixed.append(numerics)
+    return mixed
+
+
 def _resume(state: dict, model, optimizer, ema) -> tuple[list[EpochStats], dict, float, int, EpochProgress | None]:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -180,11 +191,14 @@ def train_fold(
     seed = cfg.seed * 1000 + fold
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-    train_rows = np.flatnonzero(data.folds != fold)
+    # Images with corrupt data (--skip-corrupt) are predicted, never trained on.
+    train_rows = np.setdiff1d(np.flatnonzero(data.folds != fold), data.train_cache.corrupt)
     valid_rows = np.flatnonzero(data.folds == fold)
     n_points = data.points.shape[1]
 
     pseudo = data.pseudo.for_fold(fold) if data.pseudo is not None else None
+    if pseudo is not None and data.test_cache.corrupt:
+        pseudo = (np.setdiff1d(pseudo[0], data.test_cache.corrupt), pseudo[1])
     loader, sampler = train_loader(pipeline, data, train_rows, device, seed, dist, pseudo)
     steps_per_epoch = len(loader)
     if cfg.max_train_batches is not None:
@@ -209,11 +223,15 @@ def train_fold(
     history: list[EpochStats] = []
     best = {"valid_mse": float("inf"), "epoch": -1}
     start_epoch, elapsed, partial = 0, 0.0, None
+    mixed: list[Numerics] = []
     last_path, best_path = run.checkpoint(fold, "last"), run.checkpoint(fold, "best")
     if last_path.is_file():
-        history, best, elapsed, start_epoch, partial = _resume(load_checkpoint(last_path), model, optimizer, ema)
+        state = load_checkpoint(last_path)
+        history, best, elapsed, start_epoch, partial = _resume(state, model, optimizer, ema)
+        mixed = _earlier_numerics(state, identity)
         where = f"epoch {start_epoch + 1} step {partial.next_step}" if partial else f"epoch {start_epoch}"
-        reporter.message(f"fold {fold}: resuming after {where}")
+        also = f" (trained so far with {', '.join(n.describe() for n in mixed)}: --allow-mixed)" if mixed else ""
+        reporter.message(f"fold {fold}: resuming after {where}{also}")
 
     def save_last(epoch: int, progress: EpochProgress | None) -> None:
         save_checkpoint(
@@ -228,6 +246,7 @@ def train_fold(
                 "best": best,
                 "elapsed": elapsed,
                 "identity": identity.model_dump(),
+                "mixed_numerics": [n.model_dump() for n in mixed],
             },
         )
 
@@ -344,6 +363,7 @@ def train_fold(
             history=tuple(history),
             identity=identity,
             world_size=dist.world_size,
+            mixed_numerics=tuple(mixed),
         )
         run.write_fold(fold, summary, oof, test)  # the summary last: its presence marks the fold finished
         last_path.unlink(missing_ok=True)

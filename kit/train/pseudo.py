@@ -17,7 +17,7 @@ import numpy as np
 from kit.config import Pipeline, PseudoConfig
 from kit.data.competition import Competition
 from kit.errors import KitError
-from kit.runs import SplitInfo
+from kit.runs import LABELS_CHANGED, SplitInfo
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,11 @@ def load_pseudo_labels(cfg: PseudoConfig, comp: Competition, split: SplitInfo, k
         for member in members:
             run_split = member.run.read_split()
             changed = run_split.first_difference(split)
+            if changed == "labels_sha256":
+                raise KitError(
+                    f"{member.run.path}: trained on other labels than {comp.train_csv} ({LABELS_CHANGED}); "
+                    "pseudo-labels must come from models of these labels: retrain the source"
+                )
             if changed is not None:
                 raise KitError(
                     f"{member.run.path}: trained on other data or folds than {comp.root} ({changed} "

@@ -17,12 +17,14 @@ from kit.config import Pipeline
 from kit.data.competition import Competition
 from kit.data.derived import ensure_flip_permutation, ensure_folds, flip_permutation, fold_count
 from kit.data.folds import load_folds
-from kit.data.prepare import prepare_crops
+from kit.data.images import unreadable
+from kit.data.prepare import images_sha256, prepare_crops
 from kit.errors import DataError, KitError
+from kit.io import check_output_folder
 from kit.metrics import face_sizes, format_nme, normalisation
 from kit.progress import Reporter, SilentReporter
 from kit.runs import Identity, RunDir, RunMetrics, SplitInfo
-from kit.train.distributed import barrier, init_distributed, select_device
+from kit.train.distributed import barrier, current_numerics, init_distributed, select_device
 from kit.train.fold import FoldData, runtime_faults, train_fold
 from kit.train.pseudo import load_pseudo_labels
 from kit.train.pseudo import resolve as resolve_pseudo
@@ -52,7 +54,11 @@ def check_images(comp: Competition) -> None:
     for table, paths in ((comp.train_csv, comp.train_paths()), (comp.test_csv, comp.test_paths())):
         missing = next((p for p in paths if not p.is_file()), None)
         if missing is not None:
-            raise DataError(f"{missing}: image missing (listed in {table})")
+            try:
+                missing.open("rb").close()
+            except OSError as exc:
+                raise DataError(f"{unreadable(missing, exc)} (listed in {table})") from None
+            raise DataError(f"{missing}: not a regular file (listed in {table})")
 
 
 @dataclass(frozen=True)
@@ -94,9 +100,21 @@ def validate(
     return Plan(comp=comp, k=k, folds=selected, nme_points=nme_points)
 
 
-def _caches(comp: Competition, pipeline: Pipeline):
+def _caches(comp: Competition, pipeline: Pipeline, skip_corrupt: bool = False):
     size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
-    return prepare_crops(comp, "train", size, margin, pad), prepare_crops(comp, "test", size, margin, pad)
+    return tuple(prepare_crops(comp, s, size, margin, pad, skip_corrupt=skip_corrupt) for s in ("train", "test"))
+
+
+def run_identity(pipeline: Pipeline, comp: Competition, split: SplitInfo, device=None) -> Identity:
+    """What a fold trained here from ``comp`` is: pipeline, split, labels, images and (with ``device``) numerics."""
+    numerics = current_numerics(device) if device is not None else None
+    return Identity.of(pipeline, split, images_sha256(comp), numerics)
+
+
+def _skipped(reporter: Reporter, cache, names, what: str) -> None:
+    if cache.corrupt:
+        listed = ", ".join(str(names[i]) for i in cache.corrupt[:10]) + (", ..." if len(cache.corrupt) > 10 else "")
+        reporter.message(f"--skip-corrupt: {len(cache.corrupt)} {what} image(s) with corrupt data: {listed}")
 
 
 def _pseudo_labels(pipeline: Pipeline, comp: Competition, split: SplitInfo, k: int):
@@ -111,11 +129,16 @@ def fold_train(
     reporter: Reporter | None = None,
     workspace: str | Path | None = None,
     nme_points: tuple[int, int] | None = None,
+    allow_mixed: bool = False,
+    skip_corrupt: bool = False,
 ) -> RunMetrics | None:
     """Train every selected fold (finished folds are skipped, interrupted ones resumed), then, once all folds
     of the split are done, assemble the run (``kit.runs.RunDir.assemble``): OOF and test predictions, metrics, report.
 
-    ``nme_points`` (the face size's two points for NME) overrides the data's ``nme_points.txt``.
+    ``nme_points`` (the face size's two points for NME) overrides the data's ``nme_points.txt``. A finished fold or
+    a checkpoint of other labels, images, split or pipeline is refused, naming what changed; one of other numerics
+    (CPU threads, device) too, unless ``allow_mixed`` (the run then records the mix). ``skip_corrupt`` trains
+    without the training images whose data is corrupt (listing them) instead of refusing them.
 
     Returns the run metrics, or None while some folds of the split are still missing.
     """
@@ -124,6 +147,8 @@ def fold_train(
     plan = validate(pipeline, data_dir, folds, workspace, nme_points)
     comp = plan.comp
     run = RunDir.under(out_dir, pipeline.name)
+    check_output_folder(out_dir, "--out")
+    check_output_folder(run.path, "--out")
     dist = init_distributed()
     device = select_device(dist)
     with contextlib.ExitStack() as stack:
@@ -132,18 +157,21 @@ def fold_train(
             perm = ensure_flip_permutation(comp, pipeline)
             split = SplitInfo.of(comp)
             pseudo = _pseudo_labels(pipeline, comp, split, plan.k)
-            run.check_folds(Identity.of(pipeline, split), plan.k)  # fail before building caches
-            train_cache, test_cache = _caches(comp, pipeline)
-            finished = stack.enter_context(run.claim(pipeline, split, plan.folds, perm))
+            identity = run_identity(pipeline, comp, split, device)
+            run.check_folds(identity, plan.k, allow_mixed)  # fail before building caches
+            train_cache, test_cache = _caches(comp, pipeline, skip_corrupt)
+            finished = stack.enter_context(run.claim(pipeline, split, plan.folds, perm, identity, allow_mixed))
         barrier(dist)
         if not dist.is_main:
             fold_of = load_folds(comp.folds_csv, comp.train.file_names)
             perm = comp.flip_permutation()
             split = SplitInfo.of(comp)
             pseudo = _pseudo_labels(pipeline, comp, split, plan.k)
-            train_cache, test_cache = _caches(comp, pipeline)
+            identity = run_identity(pipeline, comp, split, device)
+            train_cache, test_cache = _caches(comp, pipeline, skip_corrupt)
             finished = run.finished_folds(plan.k)
-        identity = Identity.of(pipeline, split)
+        _skipped(reporter, train_cache, comp.train.file_names, "training")
+        _skipped(reporter, test_cache, comp.test.file_names, "test")
         points = np.asarray(comp.train.points, dtype=np.float32)
         data = FoldData(train_cache, test_cache, points, fold_of, perm, pseudo, plan.nme_points)
         reporter.message(
@@ -165,7 +193,8 @@ def fold_train(
 
     if not dist.is_main:
         return None
-    return assemble(run, pipeline, split, data, reporter, lineage=pseudo.sources if pseudo is not None else ())
+    lineage = pseudo.sources if pseudo is not None else ()
+    return assemble(run, pipeline, split, data, reporter, lineage, identity=identity, allow_mixed=allow_mixed)
 
 
 def assemble(
@@ -176,13 +205,25 @@ def assemble(
     reporter: Reporter,
     lineage: tuple[str, ...] = (),
     source_oof_mse: float | None = None,
+    identity: Identity | None = None,
+    allow_mixed: bool = False,
 ) -> RunMetrics | None:
     """The run's metrics once every fold is finished (with ``report.png``); None before."""
     from kit.report import report_writer
 
     report = report_writer(data.train_cache, data.points, pipeline, data.nme_points)
     metrics = run.assemble(
-        pipeline, split, data.points, data.folds, lineage, source_oof_mse, report, reporter.message, data.nme_points
+        pipeline,
+        split,
+        data.points,
+        data.folds,
+        lineage,
+        source_oof_mse,
+        report,
+        reporter.message,
+        data.nme_points,
+        identity=identity,
+        allow_mixed=allow_mixed,
     )
     if metrics is None:
         done = run.finished_folds(int(data.folds.max()) + 1)
@@ -195,4 +236,7 @@ def assemble(
         + f"), {format_nme(metrics.oof_nme, metrics.oof_failure_rate)} ({normalisation(metrics.nme_points)}), "
         f"written to {run.path}"
     )
+    if metrics.mixed_numerics:
+        mixed = "; ".join(n.describe() for n in metrics.mixed_numerics)
+        reporter.message(f"{pipeline.name}: folds trained with mixed numerics ({mixed}), recorded in the run")
     return metrics

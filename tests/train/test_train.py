@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from kit.cli import app
@@ -19,9 +20,10 @@ from kit.data.folds import make_folds, write_folds
 from kit.errors import KitError
 from kit.metrics import landmark_scores, mse
 from kit.progress import SilentReporter
-from kit.runs import Identity, RunDir, SplitInfo, load_run
+from kit.runs import RunDir, SplitInfo, load_run
 from kit.synth import generate_competition
 from kit.train import fold_train
+from kit.train.run import run_identity
 
 pytestmark = pytest.mark.slow  # trains models
 
@@ -81,11 +83,13 @@ def test_fold_train_writes_the_run_contract(tiny_data, tmp_path):
     assert f"NME {scores.nme:.2f}%" in reporter.lines[-1] and "(points 3-40)" in reporter.lines[-1]
     assert [f["fold"] for f in on_disk["folds"]] == [0, 1, 2]
     assert on_disk["split"] == SplitInfo.of(comp).to_dict()
-    assert on_disk["identity"] == Identity.of(pipeline, SplitInfo.of(comp)).model_dump()
+    identity = run_identity(pipeline, comp, SplitInfo.of(comp), torch.device("cpu"))
+    assert on_disk["identity"] == identity.model_dump(mode="json")
+    assert identity.labels_sha256 == comp.train.digest and identity.numerics.threads == torch.get_num_threads()
     # every fold records what produced it, and the run reads back through the contract
     for fold in range(3):
         summary = RunDir(run).read_fold(fold)
-        assert summary.identity == Identity.of(pipeline, SplitInfo.of(comp)) and len(summary.history) == 2
+        assert summary.identity == identity and len(summary.history) == 2
     assert load_run(run).metrics == metrics
     assert (run / "report.png").stat().st_size > 1000
     assert (run / "pipeline.yaml").is_file() and (run / "split.json").is_file()
@@ -137,7 +141,7 @@ def test_rerun_skips_finished_folds_and_refuses_a_changed_pipeline(tiny_data, tm
         ],
     )
     assert result.exit_code == 1
-    assert "fold0: finished with another pipeline" in result.output
+    assert "fold0: finished with a different pipeline" in result.output
 
 
 def test_kill_9_mid_fold_then_resume(tiny_data, tmp_path):
