@@ -15,7 +15,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev,sweep]'
+	$(PY) -m pip install -q -e '.[dev,sweep,track]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,15 +35,18 @@ demo: $(STAMP)
 	$(KIT) folds $(DEMO_DIR) --k 3 --seed 0
 	$(KIT) weights import efficientnet-lite0
 	# Both pipelines' 3 folds as 6 jobs, 2 at a time (one core each), then their OOF-weighted blend (demo.csv).
-	$(KIT) sweep sweeps/demo.yaml --data $(DEMO_DIR) --out $(RUNS_DIR) --submissions submissions --jobs 2
-	$(KIT) blend $(RUNS_DIR)/demo_regression --data $(DEMO_DIR) --method mean --name demo_regression --force
-	$(KIT) blend $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --method mean --name demo_heatmap --force
+	# Everything is tracked in the embedded MLflow store $(RUNS_DIR)/mlflow.db (mlflow ui --backend-store-uri sqlite:///...).
+	$(KIT) sweep sweeps/demo.yaml --data $(DEMO_DIR) --out $(RUNS_DIR) --submissions submissions --jobs 2 --track mlflow
+	$(KIT) blend $(RUNS_DIR)/demo_regression --data $(DEMO_DIR) --method mean --name demo_regression --force \
+		--track mlflow
+	$(KIT) blend $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --method mean --name demo_heatmap --force --track mlflow
 	# A PCA-ridge stack of the two runs, scored by nested CV against the best blend: the submission.
 	$(KIT) stack $(RUNS_DIR)/demo_regression $(RUNS_DIR)/demo_heatmap --data $(DEMO_DIR) --model pca-ridge \
-		--name demo_stack --force
+		--name demo_stack --force --track mlflow
 	$(KIT) validate submissions/demo_stack.csv --data $(DEMO_DIR)
 	$(KIT) submit submissions/demo_stack.csv --data $(DEMO_DIR) --competition made-thousand-facial-landmarks \
 		--message "kit demo" --dry-run
+	$(KIT) submissions --local --submissions submissions
 	@echo "== demo scores: MSE on the demo's private test answers (original pixels) =="
 	@printf "demo_regression        "; $(KIT) score submissions/demo_regression.csv --data $(DEMO_DIR)
 	@printf "demo_heatmap           "; $(KIT) score submissions/demo_heatmap.csv --data $(DEMO_DIR)

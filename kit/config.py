@@ -185,6 +185,14 @@ class PseudoConfig(_Strict):
     source_sha256: str | None = None  # filled by kit: the source runs' identities and weights
 
 
+class TrackingConfig(_Strict):
+    """Where the run is logged besides its folder (``kit.tracking``); not part of the run's identity."""
+
+    backend: Literal["mlflow"] = "mlflow"
+    uri: str | None = None  # sqlite:///..., http://host:port; default: sqlite:///RUNS/mlflow.db
+    experiment: str | None = None  # default: $KIT_TRACKING_EXPERIMENT, else "kit"
+
+
 class Pipeline(_Strict):
     name: str
     # validated as the config class of model.family; serialised with that class's fields
@@ -198,6 +206,7 @@ class Pipeline(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tta: TTAConfig = Field(default_factory=TTAConfig)
     pseudo: PseudoConfig | None = None  # train on the test images too, labelled by the source's fold-k models
+    tracking: TrackingConfig | None = None  # log the run to MLflow (as --track mlflow); None: only with --track
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -172,8 +172,9 @@ class Identity(_Record):
 
 
 def pipeline_sha256(pipeline: Pipeline) -> str:
-    """Hash of the resolved pipeline without its name (a renamed copy of a run is the same training)."""
-    return _json_sha256(pipeline.model_dump(mode="json", exclude={"name"}))
+    """Hash of the resolved pipeline without its name (a renamed copy of a run is the same training) and where it is
+    tracked (logging elsewhere trains nothing differently)."""
+    return _json_sha256(pipeline.model_dump(mode="json", exclude={"name", "tracking"}))
 
 
 class EpochStats(_Record):
@@ -187,6 +188,7 @@ class EpochStats(_Record):
     images_per_second: float
     valid_mse: float  # original pixels, without TTA
     valid_seconds: float
+    valid_nme: float | None = None  # percent of the face size, without TTA (None: written by an older kit)
 
 
 class FoldScore(_Record):

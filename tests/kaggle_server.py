@@ -1,8 +1,9 @@
 """A loopback Kaggle-compatible server for the real kaggle client (kaggle 2.x over kagglesdk).
 
 The client POSTs JSON to ``/api/v1/<service>/<method>``; an upload is StartSubmissionUpload (returns a
-``createUrl``), a PUT of the file to that URL, then CreateSubmission. The server binds an ephemeral port on
-127.0.0.1, so it runs without root; ``route_client`` points the client's LOCALHOST environment at it.
+``createUrl``), a PUT of the file to that URL, then CreateSubmission; the n-th submission gets ref 4241 + n. The
+server binds an ephemeral port on 127.0.0.1, so it runs without root; ``route_client`` points the client's LOCALHOST
+environment at it.
 
 Faults are built for real, per route (an API method name, ``PUT`` for the upload, ``GET`` for the data file):
 ``fail_502`` answers 502 a number of times before working, ``hang`` holds the request without answering (until
@@ -42,6 +43,8 @@ class FakeKaggle:
     submission_status: str = "COMPLETE"  # once scored
     pending_polls: int = 0  # how many listings show the submission PENDING before it is scored
     public_score: str = "8.1234"
+    public_scores: list[str] = field(default_factory=list)  # per submission, in order (default: public_score)
+    private_score: str = ""  # shown once revealed
     archive: bytes = b""  # served by DownloadDataFiles
     fail_502: dict[str, int] = field(default_factory=dict)  # route -> how many 502s before it works
     hang: set[str] = field(default_factory=set)  # routes held without an answer
@@ -59,6 +62,10 @@ class FakeKaggle:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def score(self, i: int) -> str:
+        """The public score of the ``i``-th submission."""
+        return self.public_scores[i] if i < len(self.public_scores) else self.public_score
 
     def calls(self) -> list[str]:
         return [f"{r.method} {r.path.rsplit('/', 1)[-1]}" for r in self.requests]
@@ -142,21 +149,22 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
                 if method in state.drop:
                     self._drop()
                     return
-                self._json(200, {"message": "Successfully submitted", "ref": 4242})
+                self._json(200, {"message": "Successfully submitted", "ref": 4241 + len(state.created)})
             elif method == "ListSubmissions":
                 status = state.submission_status if state.pending_polls <= 0 else "PENDING"
                 state.pending_polls -= 1
                 subs = [
                     {
-                        "ref": 4242,
+                        "ref": 4242 + i,
                         "date": date,
                         "description": c.get("submissionDescription", ""),
                         "fileName": state.file_names.get(c.get("blobFileTokens", ""), ""),
                         "status": status,
-                        "publicScore": state.public_score if status == "COMPLETE" else "",
+                        "publicScore": state.score(i) if status == "COMPLETE" else "",
+                        "privateScore": state.private_score if status == "COMPLETE" else "",
                         "errorDescription": "bad row 3" if status == "ERROR" else "",
                     }
-                    for c, date in zip(state.created, state.created_at, strict=True)
+                    for i, (c, date) in enumerate(zip(state.created, state.created_at, strict=True))
                 ]
                 self._json(200, {"submissions": subs})
             elif method == "DownloadDataFiles":

@@ -7,11 +7,14 @@ outside the data and the runs, never over earlier results unless forced, and app
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kit.data.competition import Competition
 from kit.data.folds import load_folds
@@ -246,3 +249,55 @@ def write_outputs(
         record["submission_sha256"] = file_sha256(csv_tmp)
         write_json(json_tmp, record)
         plot(png_tmp)
+
+
+class EnsembleRecord(BaseModel):
+    """What other commands read back from a blend's or stack's NAME.json (``write_outputs`` writes it): its name,
+    submission and hash, input runs and nested-CV scores. Other keys are ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    kind: Literal["blend", "stack"] = "blend"  # blends carry no "kind" key
+    submission: str  # NAME.csv, beside the record
+    submission_sha256: str | None = None
+    runs: tuple[dict, ...] = ()
+    inputs: tuple[dict, ...] = ()
+    blend_mse: float | None = None
+    blend_nme: float | None = None
+    blend_failure_rate: float | None = None
+    stack_mse: float | None = None
+    stack_nme: float | None = None
+    stack_failure_rate: float | None = None
+
+    @property
+    def cv(self) -> tuple[float | None, float | None, float | None]:
+        """The nested-CV (MSE, NME, failure rate) of the submission."""
+        if self.kind == "stack":
+            return self.stack_mse, self.stack_nme, self.stack_failure_rate
+        return self.blend_mse, self.blend_nme, self.blend_failure_rate
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        return tuple(str(item.get("run")) for item in self.runs if isinstance(item, dict) and item.get("run"))
+
+    @property
+    def run_paths(self) -> tuple[Path, ...]:
+        return tuple(Path(item["path"]) for item in self.inputs if isinstance(item, dict) and item.get("path"))
+
+
+def read_ensemble_record(path: str | Path) -> EnsembleRecord:
+    """Read a blend's or stack's NAME.json.
+
+    Raises:
+        KitError: the file is unreadable or not a blend/stack record, naming it and the key.
+    """
+    path = Path(path)
+    try:
+        return EnsembleRecord.model_validate(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KitError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise KitError(f"{path}: not a blend or stack record (key '{key}': {first['msg']})") from None

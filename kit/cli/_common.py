@@ -41,6 +41,37 @@ NmePointsOption = Annotated[
 ]
 
 
+TrackOption = Annotated[
+    str | None,
+    typer.Option(
+        "--track",
+        metavar="none|mlflow",
+        help="Log to MLflow too: the default store is RUNS/mlflow.db (SQLite, no server); --tracking-uri or "
+        "$KIT_TRACKING_URI for another (http://HOST:PORT). Default: the pipeline's tracking section, else "
+        "$KIT_TRACKING_URI, else off. Needs the track extra (pip install -e '.[track]').",
+    ),
+]
+TrackingUriOption = Annotated[
+    str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (sqlite:///FILE or http://HOST:PORT).")
+]
+
+
+def open_tracking(track: str | None, uri: str | None, config, runs_dir: Path):
+    """The tracker of ``--track``/``--tracking-uri`` (``kit.tracking.tracker_for``); says where it logs."""
+    from kit.tracking import Track, tracker_for
+
+    if track is not None and track not in {t.value for t in Track}:
+        raise KitError(f"--track {track!r}: choose none or mlflow")
+
+    def warn(line: str) -> None:
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    tracker = tracker_for(track, uri, config, runs_dir, warn)
+    if tracker.on:
+        echo(f"tracking: {tracker.uri}")
+    return tracker
+
+
 def parse_nme_points(text: str | None) -> tuple[int, int] | None:
     """``--nme-points A,B`` as a pair of distinct non-negative point numbers (None when not given).
 

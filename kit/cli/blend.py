@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from kit.blend.weights import Method
-from kit.cli._common import NmePointsOption, handle_errors, parse_nme_points
+from kit.cli._common import (
+    NmePointsOption,
+    TrackingUriOption,
+    TrackOption,
+    handle_errors,
+    open_tracking,
+    parse_nme_points,
+)
 
 
 @handle_errors
@@ -22,13 +29,18 @@ def blend(
     ] = Path("submissions"),
     force: Annotated[bool, typer.Option(help="Replace an existing NAME.csv, NAME.json and NAME.png.")] = False,
     nme_points: NmePointsOption = None,
+    track: TrackOption = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Fit blend weights on the runs' OOF predictions, score them (MSE, NME) by nested CV, write the submission."""
     from kit.blend.blend import blend_runs
     from kit.cli._ensemble import print_ensemble
+    from kit.tracking import track_ensemble
 
     pair = parse_nme_points(nme_points)
+    tracker = open_tracking(track, tracking_uri, None, run_dirs[0].parent)
     result = blend_runs(run_dirs, data, method=method, name=name, out_dir=out_dir, force=force, nme_points=pair)
+    track_ensemble(tracker, result.json, result.png)
     per_point = " (mean over points)" if result.method is Method.per_point else ""
     best = result.best_run
     gain = best.oof_mse - result.blend_mse

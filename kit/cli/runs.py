@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import NmePointsOption, console, echo, handle_errors, parse_nme_points
+from kit.cli._common import NmePointsOption, TrackingUriOption, console, echo, handle_errors, parse_nme_points
 from kit.errors import KitError
 
 
@@ -82,6 +82,26 @@ def _print_diff(diff) -> None:
     echo("split: same" if diff.same_split else "split: different (the runs can't be blended together)")
 
 
+def _export(backend: str, runs_dir: Path, uri: str | None) -> None:
+    from kit.cli._common import open_tracking
+    from kit.runs import RunDir
+    from kit.tracking import export_runs
+
+    if backend != "mlflow":
+        raise KitError(f"--export {backend!r}: the one tracker is mlflow")
+    if not runs_dir.is_dir():
+        raise KitError(f"{runs_dir}: not a folder")
+    tracker = open_tracking("mlflow", uri, None, runs_dir)
+    runs = [RunDir(path) for path in sorted(runs_dir.iterdir()) if path.is_dir() and RunDir(path).is_run()]
+    outcomes = export_runs(tracker, runs)
+    for name, outcome in outcomes.items():
+        echo(f"{name}: {outcome}")
+    if not outcomes:
+        echo(f"{runs_dir}: no runs")
+    if not tracker.on:
+        raise KitError(f"--export mlflow: tracking to {tracker.uri} failed; nothing more was exported")
+
+
 @handle_errors
 def runs(
     runs_dir: Annotated[Path, typer.Argument(help="Runs folder (kit fold-train --out, kit sweep --out).")] = Path(
@@ -105,6 +125,15 @@ def runs(
         tuple[str, str] | None, typer.Option(help="Two runs (names under RUNS_DIR or folders): the keys that differ.")
     ] = None,
     nme_points: NmePointsOption = None,
+    export: Annotated[
+        str | None,
+        typer.Option(
+            "--export",
+            metavar="mlflow",
+            help="Log every finished run (folds, epochs, scores, report) to MLflow, skipping those it has complete.",
+        ),
+    ] = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """One row per run: model, folds finished, OOF MSE, NME and spread, speed, hashes, state and the blends using it.
 
@@ -117,6 +146,9 @@ def runs(
     if pair is not None and data is None:
         raise KitError("--nme-points needs --data: the runs' OOF NME is recomputed against its landmarks")
 
+    if export is not None:
+        _export(export, runs_dir, tracking_uri)
+        return
     if diff is not None:
         result = diff_runs(runs_dir, *diff)
         if as_json:

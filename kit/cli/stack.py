@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import NmePointsOption, handle_errors, parse_nme_points
+from kit.cli._common import (
+    NmePointsOption,
+    TrackingUriOption,
+    TrackOption,
+    handle_errors,
+    open_tracking,
+    parse_nme_points,
+)
 from kit.stack.stack import Model
 
 
@@ -30,13 +37,18 @@ def stack(
     ] = Path("submissions"),
     force: Annotated[bool, typer.Option(help="Replace an existing NAME.csv, NAME.json and NAME.png.")] = False,
     nme_points: NmePointsOption = None,
+    track: TrackOption = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Fit a stacker on the runs' OOF predictions, score it by nested CV against the best blend, write a submission."""
     from kit.cli._ensemble import print_ensemble
     from kit.stack.stack import stack_runs
+    from kit.tracking import track_ensemble
 
     pair = parse_nme_points(nme_points)
+    tracker = open_tracking(track, tracking_uri, None, run_dirs[0].parent)
     result = stack_runs(run_dirs, data, model=model, name=name, out_dir=out_dir, force=force, nme_points=pair)
+    track_ensemble(tracker, result.json, result.png)
     weight = "weight (mean over points)" if result.model is Model.ridge else "stage-1 weight (mean over points)"
     print_ensemble(
         f"stack '{result.name}' ({result.model.value})",

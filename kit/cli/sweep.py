@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import WorkspaceOption, console, echo, handle_errors
+from kit.cli._common import TrackingUriOption, TrackOption, WorkspaceOption, console, echo, err_console, handle_errors
 from kit.errors import Interrupted, KitError
 
 
@@ -106,6 +106,8 @@ def sweep(
         "submissions"
     ),
     workspace: WorkspaceOption = None,
+    track: TrackOption = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Train every fold of every run of a sweep file (finished folds are skipped), then blend the finished runs."""
     from kit.sweep.run import run_sweep
@@ -126,6 +128,9 @@ def sweep(
             stop=stop,
             allow_mixed=allow_mixed,
             skip_corrupt=skip_corrupt,
+            track=track,
+            tracking_uri=tracking_uri,
+            warn=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),
         )
     _table(result)
     if stop:

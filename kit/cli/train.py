@@ -11,11 +11,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kit.cli._common import (
     NmePointsOption,
+    TrackingUriOption,
+    TrackOption,
     WorkspaceOption,
     console,
     echo_workspace,
     err_console,
     handle_errors,
+    open_tracking,
     parse_nme_points,
     progress_bar,
 )
@@ -94,6 +97,8 @@ def fold_train(
     nme_points: NmePointsOption = None,
     allow_mixed: AllowMixedOption = False,
     skip_corrupt: SkipCorruptOption = False,
+    track: TrackOption = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """k-fold fine-tuning: OOF and fold-averaged test predictions in original pixels, metrics and a report."""
     from kit.metrics import format_nme
@@ -102,6 +107,7 @@ def fold_train(
     pair = parse_nme_points(nme_points)
     config = _pipeline(pipeline, set_)
     echo_workspace(data, workspace)
+    tracker = open_tracking(track, tracking_uri, config.tracking, out)
     metrics = run_fold_train(
         config,
         data,
@@ -112,6 +118,7 @@ def fold_train(
         nme_points=pair,
         allow_mixed=allow_mixed,
         skip_corrupt=skip_corrupt,
+        tracker=tracker,
     )
     if metrics is not None:
         console.print(
@@ -140,6 +147,8 @@ def pseudo(
     workspace: WorkspaceOption = None,
     allow_mixed: AllowMixedOption = False,
     skip_corrupt: SkipCorruptOption = False,
+    track: TrackOption = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """fold-train on the training folds plus the test images, fold k labelled only by the source's fold-k models."""
     from kit.metrics import format_nme
@@ -153,6 +162,7 @@ def pseudo(
         overrides.append(f"pseudo.max_spread={max_spread}")
     config = _pipeline(pipeline, overrides)
     echo_workspace(data, workspace)
+    tracker = open_tracking(track, tracking_uri, config.tracking, out)
     metrics = run_fold_train(
         config,
         data,
@@ -162,6 +172,7 @@ def pseudo(
         workspace=workspace,
         allow_mixed=allow_mixed,
         skip_corrupt=skip_corrupt,
+        tracker=tracker,
     )
     if metrics is not None:
         nme = format_nme(metrics.oof_nme, metrics.oof_failure_rate)

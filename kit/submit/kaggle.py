@@ -623,10 +623,13 @@ def submit_file(
     poll_s: float = 5.0,
     log: Callable[[str], None] = lambda line: None,
     net: Network | None = None,
+    on_upload: Callable[[SubmitResult], None] | None = None,
+    on_status: Callable[[Submission], None] | None = None,
 ) -> SubmitResult:
     """Validate a submission against test_points.csv, upload it, and poll for its score, reporting to ``log``.
 
-    The file is validated before anything touches the network; a dry run stops there.
+    The file is validated before anything touches the network; a dry run stops there. ``on_upload`` gets the
+    result as soon as Kaggle accepted the upload (with its ref), ``on_status`` each new status seen while polling.
 
     Raises:
         PollError: the submission was created but polling its status failed (exit code ``EXIT_POLL_FAILED``).
@@ -649,12 +652,18 @@ def submit_file(
     ref, text = upload(path, competition, message, net)
     status = None
     check = _check_hint(competition)
+
+    def seen(s: Submission) -> None:
+        log(f"status: {s.describe()}")
+        if on_status is not None:
+            on_status(s)
+
     try:
         log(f"uploaded to '{competition}': {text or 'no message'} (ref {ref or 'none'})")
+        if on_upload is not None:
+            on_upload(dataclasses.replace(checked, message=text, ref=ref))
         if ref and wait_s > 0:
-            status = wait_for_score(
-                competition, ref, wait_s, poll_s, on_status=lambda s: log(f"status: {s.describe()}"), net=net
-            )
+            status = wait_for_score(competition, ref, wait_s, poll_s, on_status=seen, net=net)
             if status is None or status.status != "COMPLETE":
                 log(f"not scored after {wait_s:g} s: see {check}")
     except KeyboardInterrupt:

@@ -29,6 +29,7 @@ from kit.sweep.progress import JobStatus, Tracker, finished_metrics
 from kit.sweep.records import pipeline_file
 from kit.sweep.spec import Sweep, load_sweep
 from kit.sweep.stop import StopSignal
+from kit.tracking import track_ensemble, tracker_for
 
 
 class Executor(Protocol):
@@ -102,6 +103,9 @@ def run_sweep(
     stop: StopSignal | None = None,
     allow_mixed: bool = False,
     skip_corrupt: bool = False,
+    track: str | None = None,
+    tracking_uri: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> SweepResult:
     """Train every unfinished fold of every run of the sweep, then blend the finished runs (if the file says so).
 
@@ -117,6 +121,10 @@ def run_sweep(
         stop: set by signals: stops the jobs cleanly (they resume when the same sweep runs again).
         allow_mixed: passed to every fold-train: accept finished folds of other numerics (CPU threads).
         skip_corrupt: passed to every fold-train: train without the images whose data is corrupt.
+        track, tracking_uri: ``--track``/``--tracking-uri`` (``kit.tracking.resolve_uri``; a pipeline's
+            ``tracking:`` section counts too): the store is set up here, every job logs its fold to it with the same
+            URI, and the blend is logged there as well.
+        warn: where a tracking failure's one warning goes (default ``emit``).
 
     Raises:
         KitError: the sweep file, a pipeline or the data is invalid, or the executor cannot run (a Ray cluster that
@@ -140,6 +148,13 @@ def run_sweep(
     emit(f"sweep {sweep.path}: {len(sweep.runs)} run(s) x {k} folds; {executor.describe()}")
 
     flags = tuple(flag for flag, on in (("--allow-mixed", allow_mixed), ("--skip-corrupt", skip_corrupt)) if on)
+    config = next((run.pipeline.tracking for run in sweep.runs if run.pipeline.tracking is not None), None)
+    logged = tracker_for(track, tracking_uri, config, runs_dir, warn or emit)  # the store is created once, here
+    if logged.on:
+        flags += ("--track", "mlflow", "--tracking-uri", logged.uri)
+        emit(f"tracking: {logged.uri}")
+    elif track is not None:
+        flags += ("--track", "none")  # also off in the jobs (a pipeline's tracking section, $KIT_TRACKING_URI)
     jobs: list[Job] = []
     for run in sweep.runs:
         path = pipeline_file(runs_dir, run.name)
@@ -181,6 +196,8 @@ def run_sweep(
         result.runs.append(RunOutcome(run.name, metrics.oof_mse if metrics else None, done, k))
     if sweep.blend is not None and not stop:
         _blend(sweep, result, runs_dir, data_dir, submissions_dir, emit)
+        if result.blend is not None:
+            track_ensemble(logged, result.blend.json, result.blend.png)
     return result
 
 

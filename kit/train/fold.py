@@ -300,7 +300,8 @@ def train_fold(
             valid_start = time.perf_counter()
             eval_model = ema.module if ema is not None else model
             points = predict_points(eval_model, valid_loader, device, cfg.amp, cfg.channels_last)
-            valid_mse = mse(data.train_cache.to_original(points, valid_rows), truth)
+            original = data.train_cache.to_original(points, valid_rows)
+            valid_mse = mse(original, truth)
             if not np.isfinite(valid_mse):
                 raise NonFiniteLoss(
                     f"fold {fold} epoch {epoch + 1}: validation predictions are not finite; lower "
@@ -313,6 +314,7 @@ def train_fold(
                 train_images=progress.images,
                 train_seconds=progress.seconds,
                 valid_mse=valid_mse,
+                valid_nme=landmark_scores(original, truth, data.nme_points).nme,
                 valid_seconds=time.perf_counter() - valid_start,
                 images_per_second=progress.images * dist.world_size / max(progress.seconds, 1e-9),
             )

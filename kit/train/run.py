@@ -24,6 +24,7 @@ from kit.io import check_output_folder
 from kit.metrics import face_sizes, format_nme, normalisation
 from kit.progress import Reporter, SilentReporter
 from kit.runs import Identity, RunDir, RunMetrics, SplitInfo
+from kit.tracking import RunTracking, Tracker
 from kit.train.distributed import barrier, current_numerics, init_distributed, select_device
 from kit.train.fold import FoldData, runtime_faults, train_fold
 from kit.train.pseudo import load_pseudo_labels
@@ -131,6 +132,7 @@ def fold_train(
     nme_points: tuple[int, int] | None = None,
     allow_mixed: bool = False,
     skip_corrupt: bool = False,
+    tracker: Tracker | None = None,
 ) -> RunMetrics | None:
     """Train every selected fold (finished folds are skipped, interrupted ones resumed), then, once all folds
     of the split are done, assemble the run (``kit.runs.RunDir.assemble``): OOF and test predictions, metrics, report.
@@ -138,7 +140,8 @@ def fold_train(
     ``nme_points`` (the face size's two points for NME) overrides the data's ``nme_points.txt``. A finished fold or
     a checkpoint of other labels, images, split or pipeline is refused, naming what changed; one of other numerics
     (CPU threads, device) too, unless ``allow_mixed`` (the run then records the mix). ``skip_corrupt`` trains
-    without the training images whose data is corrupt (listing them) instead of refusing them.
+    without the training images whose data is corrupt (listing them) instead of refusing them. ``tracker``
+    (``kit.tracking``) logs the run, its folds and epochs; it never stops the training.
 
     Returns the run metrics, or None while some folds of the split are still missing.
     """
@@ -178,6 +181,9 @@ def fold_train(
             f"{pipeline.name}: {pipeline.model.family} {pipeline.model.backbone}, {len(fold_of)} train "
             f"/ {len(comp.test)} test images, {comp.n_points} points, {plan.k} folds, device {device}"
         )
+        lineage = pseudo.sources if pseudo is not None else ()
+        on_main = tracker if tracker is not None and dist.is_main else Tracker.off()
+        tracking = RunTracking(on_main, run, pipeline, identity, lineage)
         stop = stack.enter_context(stop_on_signals())
         for fold in plan.folds:
             if fold in finished:
@@ -188,13 +194,22 @@ def fold_train(
                     f"{stop.name} before fold {fold}: finished folds are kept; rerun the same command to resume",
                     stop.signum,
                 )
-            with runtime_faults(fold, pipeline):
-                train_fold(pipeline, data, fold, run, identity, device, dist, reporter, stop)
+            tracking.fold_started(fold)
+            try:
+                with runtime_faults(fold, pipeline):
+                    summary = train_fold(
+                        pipeline, data, fold, run, identity, device, dist, tracking.reporter(reporter), stop
+                    )
+            except BaseException as exc:
+                tracking.fold_stopped(fold, interrupted=isinstance(exc, (Interrupted, KeyboardInterrupt)))
+                raise
+            tracking.fold_finished(fold, summary)
 
     if not dist.is_main:
         return None
-    lineage = pseudo.sources if pseudo is not None else ()
-    return assemble(run, pipeline, split, data, reporter, lineage, identity=identity, allow_mixed=allow_mixed)
+    metrics = assemble(run, pipeline, split, data, reporter, lineage, identity=identity, allow_mixed=allow_mixed)
+    tracking.run_finished(metrics)
+    return metrics
 
 
 def assemble(

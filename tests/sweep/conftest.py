@@ -77,5 +77,6 @@ def local_sweep(sweep_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("local_sweep")
     path = write_sweep(folder, TWO_RUN_SWEEP, TWO_PIPELINES)
     args = [str(path), "--data", str(sweep_data), "--out", str(folder / "runs"), "--jobs", "2"]
-    done = run_kit("sweep", *args, "--submissions", str(folder / "subs"), *set_args(EPOCHS))
+    # tracked in the embedded MLflow store: two concurrent jobs log their folds to it
+    done = run_kit("sweep", *args, "--submissions", str(folder / "subs"), "--track", "mlflow", *set_args(EPOCHS))
     return folder, done

@@ -55,6 +55,24 @@ def test_two_concurrent_cpu_jobs_train_every_fold_then_blend(local_sweep, sweep_
     assert (folder / "subs" / "tiny.csv").is_file()
     # the resolved pipelines the jobs trained
     assert "lr: 0.003" in (folder / "runs" / ".sweep" / "tiny_b.yaml").read_text()
+    # every run, its folds from both concurrent jobs and the blend, in the embedded MLflow store
+    from mlflow.tracking import MlflowClient
+
+    from kit.tracking import default_uri
+
+    client = MlflowClient(default_uri(folder / "runs"))
+    experiment = client.get_experiment_by_name("kit").experiment_id
+    for run in ("tiny_a", "tiny_b"):
+        [parent] = client.search_runs([experiment], f"tags.`kit.kind` = 'run' and tags.`kit.run` = '{run}'")
+        assert (
+            parent.info.status == "FINISHED"
+            and parent.data.metrics["oof_mse"] == load_run(folder / "runs" / run).oof_mse
+        )
+        folds = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert sorted(f.data.tags["kit.fold"] for f in folds) == ["0", "1", "2"]
+        assert all(len(client.get_metric_history(f.info.run_id, "valid_mse")) == 40 for f in folds)
+    [tracked_blend] = client.search_runs([experiment], "tags.`kit.kind` = 'blend'")
+    assert tracked_blend.data.metrics["cv_mse"] == blend["blend_mse"]
 
     again = run_kit(
         "sweep",
