@@ -69,3 +69,47 @@ def test_recipe_trial_records_oof_private_and_wall_time(tmp_path):
     assert float(nme) == pytest.approx(metrics["oof_nme"], abs=0.01) and 0 <= float(fail) <= 100
     assert float(private) > 0 and int(seconds) >= 0
     assert "lr: 0.003" in (out / "runs" / "tiny_lr" / "pipeline.yaml").read_text()
+
+
+def _fake_300w(root: Path) -> None:
+    """A tiny 300-W layout: afw/ and helen/trainset/ with PHOTO_K.jpg + PHOTO_K.pts faces of 68 iBUG points."""
+    import cv2
+    import numpy as np
+    from conftest import ibug68_layout, random_poses
+
+    rng = np.random.default_rng(0)
+    shapes = random_poses(ibug68_layout(), 24, rng, max_angle=10.0, scale=(50.0, 70.0), noise=0.5) + 90.0
+    for i, points in enumerate(shapes):
+        folder = root / ("afw" if i < 12 else "helen/trainset")
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{100 + i // 2}_{i % 2 + 1}"
+        image = rng.integers(0, 80, (240, 260, 3), dtype=np.uint8)
+        for x, y in points:
+            cv2.circle(image, (round(x), round(y)), 2, (255, 255, 255), -1)
+        cv2.imwrite(str(folder / f"{stem}.jpg"), image)
+        (folder / f"{stem}.pts").write_text("".join(f"{x:.2f} {y:.2f}\n" for x, y in points))
+
+
+@pytest.mark.slow
+def test_real_faces_script_imports_sweeps_and_stacks(tmp_path):
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    _fake_300w(photos)
+    env = os.environ | {
+        "KIT": str(Path(sys.executable).parent / "kit"),
+        "KIT_CACHE_DIR": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+    }
+    tiny = ["input.size=32", "train.epochs=1", "train.max_train_batches=1", "train.report_images=0"]
+    args = [str(photos), str(out), *[a for kv in tiny for a in ("--set", kv)]]
+    script = str(ROOT / "benchmarks" / "real_faces.sh")
+    result = subprocess.run(["bash", script, *args], capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert (out / "dev" / "nme_points.txt").read_text().split() == ["36", "45"]
+    assert (out / "dev" / "train" / "groups.csv").is_file()
+    for run in ("real_regression", "real_heatmap"):
+        metrics = json.loads((out / "runs" / run / "metrics.json").read_text())
+        assert metrics["nme_points"] == [36, 45] and metrics["oof_nme"] > 0
+    stack = json.loads((out / "submissions" / "real_stack.json").read_text())
+    assert stack["nme_points"] == [36, 45]
+    assert "stack, nested CV" in result.stdout and "total wall time" in result.stdout
+    assert "stack, private test" in result.stdout and "MSE " in result.stdout

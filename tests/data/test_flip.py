@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_poses, symmetric_layout
+from conftest import ibug68_layout, random_poses, symmetric_layout
 
 from kit.data.augment import hflip
 from kit.data.flip import derive_flip_permutation, flip_points, load_permutation, mean_shape, save_permutation
@@ -169,29 +169,10 @@ IBUG68_PAIRS = [
 ]
 
 
-def _ibug68_layout() -> np.ndarray:
-    """A face drawn in the iBUG 68-point order (image axes, mirror axis x = 0), from its parts' geometry."""
-    jaw_angle = np.pi * np.arange(17) / 16
-    jaw = np.stack([-np.cos(jaw_angle), -0.2 + 1.2 * np.sin(jaw_angle)], 1)
-    k = np.arange(5)
-    brow_left = np.stack([-0.8 + 0.16 * k, -0.55 - 0.1 * np.sin(np.pi * k / 4)], 1)
-    brows = np.concatenate([brow_left, brow_left[::-1] * [-1, 1]])
-    bridge = np.stack([np.zeros(4), -0.35 + 0.12 * np.arange(4)], 1)
-    nostrils = np.stack([-0.2 + 0.1 * k, 0.12 + 0.03 * np.abs(k - 2)], 1)
-    eye_angle = np.pi - np.pi / 3 * np.arange(6)  # outer corner, two upper, inner corner, two lower
-    eye_left = np.stack([-0.4 + 0.2 * np.cos(eye_angle), -0.3 - 0.07 * np.sin(eye_angle)], 1)
-    eye_right = eye_left[[3, 2, 1, 0, 5, 4]] * [-1, 1]  # inner corner, two upper, outer corner, two lower
-    outer_angle = np.pi - np.pi / 6 * np.arange(12)
-    outer = np.stack([0.35 * np.cos(outer_angle), 0.45 - 0.15 * np.sin(outer_angle)], 1)
-    inner_angle = np.pi - np.pi / 4 * np.arange(8)
-    inner = np.stack([0.25 * np.cos(inner_angle), 0.45 - 0.06 * np.sin(inner_angle)], 1)
-    return np.concatenate([jaw, brows, bridge, nostrils, eye_left, eye_right, outer, inner])
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_derives_the_ibug_68_point_map(seed):
     rng = np.random.default_rng(seed)
-    layout = _ibug68_layout()
+    layout = ibug68_layout()
     assert layout.shape == (68, 2)
     shapes = np.rint(random_poses(layout, 200, rng, max_angle=20.0, scale=(80.0, 140.0), noise=1.0))
     expected = np.arange(68)

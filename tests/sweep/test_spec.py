@@ -18,6 +18,16 @@ def test_demo_sweep_lists_the_two_demo_pipelines_and_their_blend():
     assert sweep.blend.name == "demo" and sweep.blend.method.value == "weights"
 
 
+def test_real_faces_sweep_runs_the_demo_recipes_with_finer_heatmaps():
+    sweep = load_sweep(REPO / "sweeps" / "real_faces.yaml")
+    assert [run.name for run in sweep.runs] == ["real_regression", "real_heatmap"]
+    demo = {run.pipeline.model.family: run.pipeline for run in load_sweep(REPO / "sweeps" / "demo.yaml").runs}
+    for run in sweep.runs:
+        expected = demo[run.pipeline.model.family].model_dump(exclude={"name", "input"})
+        assert run.pipeline.model_dump(exclude={"name", "input"}) == expected
+    assert [run.pipeline.input.size for run in sweep.runs] == [96, 96]
+
+
 def test_grid_expands_to_every_combination_with_plain_names(tmp_path):
     path = write_sweep(
         tmp_path,
