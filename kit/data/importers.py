@@ -16,7 +16,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -82,7 +82,6 @@ class ImportSummary:
     n_points: int
     n_groups: int
     nme_points: tuple[int, int] | None
-    skipped: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- readers
