@@ -198,3 +198,19 @@ def refuse_inside(path: str | Path, root: str | Path, what: str, root_what: str 
     resolved, base = Path(path).resolve(), Path(root).resolve()
     if resolved == base or base in resolved.parents:
         raise KitError(f"{what} {path}: inside {root_what} {root}; write outputs elsewhere")
+
+
+def swap_in_folder(tmp: str | Path, out_dir: str | Path) -> None:
+    """Move the complete folder ``tmp`` onto ``out_dir``; an old ``out_dir`` is removed only once it is replaced."""
+    tmp, out_dir = Path(tmp), Path(out_dir)
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = tmp.with_suffix(".old")
+    os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        os.replace(old, out_dir)  # put the old folder back
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -25,9 +25,9 @@ from PIL import Image
 
 from kit.data.competition import check_nme_points, write_nme_points
 from kit.data.images import max_image_pixels
+from kit.data.landmarks import FILE_COLUMN, point_columns
 from kit.errors import DataError
-from kit.io import refuse_inside
-from kit.synth.competition import landmarks_header
+from kit.io import refuse_inside, swap_in_folder
 
 FORMATS = ("pts", "wflw", "csv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -479,7 +479,7 @@ def import_competition(
             (tmp / sub).mkdir(parents=True)
         train_points = _write_crops(faces, tmp / "train" / "images", spec, 0, progress, threads)
         test_points = _write_crops(test_faces, tmp / "test" / "images", spec, len(faces), progress, threads)
-        header = landmarks_header(n_points) + "\n"
+        header = "\t".join([FILE_COLUMN, *point_columns(n_points)]) + "\n"
         with open(tmp / "train" / "landmarks.csv", "w") as f:
             f.write(header)
             f.writelines(_row(face.name, p, spec.round_labels) for face, p in zip(faces, train_points, strict=True))
@@ -508,7 +508,7 @@ def import_competition(
             "nme_points": list(nme_points) if nme_points else None,
         }
         (tmp / IMPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        _swap_in(tmp, out_dir)
+        swap_in_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -520,20 +520,3 @@ def import_competition(
         n_groups=len({face.group for face in faces}),
         nme_points=nme_points,
     )
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Move the complete folder ``tmp`` onto ``out_dir``; an old ``out_dir`` is removed only once replaced."""
-    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-        return
-    old = tmp.with_suffix(".old")
-    os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
@@ -13,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kit.io import refuse_inside
+from kit.io import refuse_inside, swap_in_folder
 from kit.synth.background import noise_bank
 from kit.synth.effects import encode_jpeg
 from kit.synth.face import make_template
@@ -98,21 +97,6 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
         )
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Move the complete folder ``tmp`` onto ``out_dir``; the old ``out_dir`` is removed only once it is replaced."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    old = tmp.with_suffix(".old")
-    os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        os.replace(old, out_dir)  # put the old folder back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def generate_competition(
     out_dir: Path,
     n_train: int = 1000,
@@ -190,7 +174,7 @@ def generate_competition(
                 if progress is not None:
                     progress(1)
         (tmp / "private" / "flip_permutation.txt").write_text("".join(f"{int(j)}\n" for j in template.flip_permutation))
-        _swap_in(tmp, out_dir)
+        swap_in_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from kit import io as kit_io
 from kit.cli import app
 from kit.errors import KitError
 from kit.synth import competition, generate_competition, make_template
@@ -209,14 +210,14 @@ def test_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
     out = tmp_path / "comp"
     generate_competition(out, seed=1, **SMALL)
     old = _snapshot(out)
-    replace = competition.os.replace
+    replace = kit_io.os.replace  # the swap that moves the finished folder into place lives in kit.io
 
     def failing_replace(src, dst):
         if Path(src).name.endswith(".partial"):
             raise OSError("disk gone")
         return replace(src, dst)
 
-    monkeypatch.setattr(competition.os, "replace", failing_replace)
+    monkeypatch.setattr(kit_io.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk gone"):
         generate_competition(out, seed=2, force=True, **SMALL)
     monkeypatch.undo()
