@@ -75,11 +75,13 @@ def _fake_300w(root: Path) -> None:
     """A tiny 300-W layout: afw/ and helen/trainset/ with PHOTO_K.jpg + PHOTO_K.pts faces of 68 iBUG points."""
     import cv2
     import numpy as np
-    from conftest import ibug68_layout, random_poses
+    from shapes import ibug68_layout
 
     rng = np.random.default_rng(0)
-    shapes = random_poses(ibug68_layout(), 24, rng, max_angle=10.0, scale=(50.0, 70.0), noise=0.5) + 90.0
-    for i, points in enumerate(shapes):
+    for i in range(24):
+        angle = np.deg2rad(rng.uniform(-10, 10))
+        rotation = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
+        points = ibug68_layout() @ rotation * rng.uniform(50, 70) + 130 + rng.normal(0, 0.5, (68, 2))
         folder = root / ("afw" if i < 12 else "helen/trainset")
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{100 + i // 2}_{i % 2 + 1}"

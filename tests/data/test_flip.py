@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ibug68_layout, random_poses, symmetric_layout
+from conftest import random_poses, symmetric_layout
+from shapes import ibug68_layout
 
 from kit.data.augment import hflip
 from kit.data.flip import derive_flip_permutation, flip_points, load_permutation, mean_shape, save_permutation
