@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from kit.errors import KitError
 
@@ -214,3 +215,21 @@ def swap_in_folder(tmp: str | Path, out_dir: str | Path) -> None:
         os.replace(old, out_dir)  # put the old folder back
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json_record(path: str | Path, model, what: str, remedy: str = ""):
+    """``path``'s JSON validated as the pydantic ``model``.
+
+    Raises:
+        KitError: ``PATH: unreadable (...)`` or ``PATH: WHAT (key 'K': reason)``, then ``; REMEDY`` if given.
+    """
+    path = Path(path)
+    tail = f"; {remedy}" if remedy else ""
+    try:
+        return model.model_validate(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KitError(f"{path}: unreadable ({type(exc).__name__}: {exc}){tail}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise KitError(f"{path}: {what} (key '{key}': {first['msg']}){tail}") from None

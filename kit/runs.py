@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 import kit
 from kit.errors import KitError
-from kit.io import save_npy, write_json, write_text
+from kit.io import read_json_record, save_npy, write_json, write_text
 from kit.locks import acquire_lock, process_alive, release_lock, wait_for_lock
 from kit.names import check_name
 
@@ -289,14 +289,7 @@ def check_identity(folder: Path, theirs: Identity, ours: Identity, run: str, all
 
 
 def _read_record(path: Path, record: type[_Record]):
-    try:
-        return record.model_validate(json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KitError(f"{path}: unreadable ({type(exc).__name__}: {exc}); {_remedy(path)}") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise KitError(f"{path}: invalid {record.__name__} (key '{key}': {first['msg']}); {_remedy(path)}") from None
+    return read_json_record(path, record, f"invalid {record.__name__}", _remedy(path))
 
 
 @dataclass(frozen=True)

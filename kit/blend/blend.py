@@ -18,6 +18,7 @@ from kit.blend.inputs import (
     nme_record,
     prepare_inputs,
     provenance,
+    run_entries,
     write_outputs,
 )
 from kit.blend.nested import (
@@ -137,16 +138,7 @@ def blend_runs(
         "method": method.value,
         "submission": csv_path.name,
         **provenance(comp, runs, labels, n_folds),
-        "runs": [
-            {
-                "run": label,
-                "oof_mse": float(mse),
-                "oof_nme": nme,
-                "oof_failure_rate": failed,
-                "weight": round(float(w), 6),
-            }
-            for label, mse, (nme, failed), w in zip(labels, oof_mse, run_nme, global_weights, strict=True)
-        ],
+        "runs": run_entries(labels, oof_mse, run_nme, global_weights),
         "best_run": labels[best],
         "blend_mse": score.mse,
         "blend_mse_note": "nested CV: weights fitted on the other folds, scored on the held-out fold",

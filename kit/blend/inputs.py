@@ -7,19 +7,18 @@ outside the data and the runs, never over earlier results unless forced, and app
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from kit.data.competition import Competition
 from kit.data.folds import load_folds
 from kit.errors import DataError, KitError
-from kit.io import atomic_path, file_sha256, refuse_inside, write_json
+from kit.io import atomic_path, file_sha256, read_json_record, refuse_inside, write_json
 from kit.metrics import FAILURE_NME, face_sizes, normalisation
 from kit.names import check_name
 from kit.runs import LABELS_CHANGED, Run, load_run, names_sha256
@@ -160,6 +159,14 @@ def provenance(comp: Competition, runs: Sequence[Run], labels: Sequence[str], n_
     }
 
 
+def run_entries(labels: Sequence[str], oof_mse, run_nme, weights) -> list[dict]:
+    """The ``runs`` rows of a blend's or stack's record: each run's OOF MSE, NME, failure rate and weight."""
+    return [
+        {"run": label, "oof_mse": float(mse), "oof_nme": nme, "oof_failure_rate": failed, "weight": round(float(w), 6)}
+        for label, mse, (nme, failed), w in zip(labels, oof_mse, run_nme, weights, strict=True)
+    ]
+
+
 def refuse_existing(outputs: Sequence[Path]) -> None:
     """Refuse to overwrite an earlier result's files."""
     existing = [path for path in outputs if path.exists()]
@@ -292,12 +299,4 @@ def read_ensemble_record(path: str | Path) -> EnsembleRecord:
     Raises:
         KitError: the file is unreadable or not a blend/stack record, naming it and the key.
     """
-    path = Path(path)
-    try:
-        return EnsembleRecord.model_validate(json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KitError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise KitError(f"{path}: not a blend or stack record (key '{key}': {first['msg']})") from None
+    return read_json_record(path, EnsembleRecord, "not a blend or stack record")

@@ -17,6 +17,7 @@ from kit.blend.inputs import (
     nme_record,
     prepare_inputs,
     provenance,
+    run_entries,
     write_outputs,
 )
 from kit.blend.nested import NestedScore, by_fold, everywhere, face_nme, nested_blend, nested_cv, run_point_mse
@@ -183,16 +184,7 @@ def stack_runs(
         "model": model.value,
         "submission": csv_path.name,
         **provenance(comp, runs, labels, n_folds),
-        "runs": [
-            {
-                "run": label,
-                "oof_mse": float(mse),
-                "oof_nme": nme,
-                "oof_failure_rate": failed,
-                "weight": round(float(w), 6),
-            }
-            for label, mse, (nme, failed), w in zip(labels, oof_mse, run_nme, weights, strict=True)
-        ],
+        "runs": run_entries(labels, oof_mse, run_nme, weights),
         "weight_note": "each run's ridge weight (stage 1 of pca-ridge), averaged over points and coordinates",
         "best_run": labels[int(np.argmin(oof_mse))],
         "stack_mse": score.mse,
