@@ -15,7 +15,8 @@
 #
 # Environment: SCALE_OUT (default /tmp/kit-scale; an existing size folder is rebuilt), SCALE_SOURCE_TRAIN and
 # SCALE_SOURCE_TEST (distinct synthetic images, default 3000 and 500), KIT and PY (default .venv/bin/...),
-# SCALE_DECODE=1 to run kit check --decode as well.
+# SCALE_ENSEMBLES (the run counts blended and stacked, default "3 5"), SCALE_DECODE=1 to run kit check --decode
+# as well.
 set -euo pipefail
 
 if [ $# -lt 2 ] || [ $(($# % 2)) -ne 0 ]; then
@@ -49,7 +50,7 @@ run_size() {
     rm -rf "$dir"
     mkdir -p "$dir"
     local data="$dir/data" runs="$dir/runs" subs="$dir/submissions" table="$dir/steps.tsv"
-    printf 'step\tseconds\tpeak_gib\texit\n' >"$table"
+    printf 'step\tseconds\tpeak_gib\tanon_gib\texit\n' >"$table"
     step() { "$PY" benchmarks/scale_step.py "$table" "$@"; }
 
     echo "== size $n_train train + $n_test test (from $src_train + $src_test distinct images) =="
@@ -63,30 +64,28 @@ run_size() {
     step fold_train -- "$KIT" fold-train "$PIPELINE" --data "$data" --out "$runs"
     local run="$runs/scale_tiny"
     step make_runs -- "$PY" benchmarks/scale_runs.py "$run" 4 --links 45
-    local three=("$run" "${run}_n1" "${run}_n2")
-    local five=("$run" "${run}_n1" "${run}_n2" "${run}_n3" "${run}_n4")
-    local method model
-    for method in mean weights per-point hill-climb; do
-        step "blend3_$method" -- "$KIT" blend "${three[@]}" --data "$data" --method "$method" --name "b3_$method" \
-            --out-dir "$subs" --force
-        step "blend5_$method" -- "$KIT" blend "${five[@]}" --data "$data" --method "$method" --name "b5_$method" \
-            --out-dir "$subs" --force
-    done
-    for model in ridge pca-ridge; do
-        step "stack3_$model" -- "$KIT" stack "${three[@]}" --data "$data" --model "$model" --name "s3_$model" \
-            --out-dir "$subs" --force
-        step "stack5_$model" -- "$KIT" stack "${five[@]}" --data "$data" --model "$model" --name "s5_$model" \
-            --out-dir "$subs" --force
+    local all=("$run" "${run}_n1" "${run}_n2" "${run}_n3" "${run}_n4")
+    local n method model
+    for n in ${SCALE_ENSEMBLES:-3 5}; do
+        for method in mean weights per-point hill-climb; do
+            step "blend${n}_$method" -- "$KIT" blend "${all[@]:0:$n}" --data "$data" --method "$method" \
+                --name "b${n}_$method" --out-dir "$subs" --force
+        done
+        for model in ridge pca-ridge; do
+            step "stack${n}_$model" -- "$KIT" stack "${all[@]:0:$n}" --data "$data" --model "$model" \
+                --name "s${n}_$model" --out-dir "$subs" --force
+        done
     done
     COLUMNS=200 step runs_50 -- "$KIT" runs "$runs" --submissions "$subs"
-    step validate -- "$KIT" validate "$subs/b5_weights.csv" --data "$data"
-    step score -- "$KIT" score "$subs/b5_weights.csv" --data "$data"
-    step submit_dry_run -- "$KIT" submit "$subs/b5_weights.csv" --data "$data" \
+    step validate -- "$KIT" validate "$subs/b${n}_weights.csv" --data "$data"
+    step score -- "$KIT" score "$subs/b${n}_weights.csv" --data "$data"
+    step submit_dry_run -- "$KIT" submit "$subs/b${n}_weights.csv" --data "$data" \
         --competition made-thousand-facial-landmarks --message "scale benchmark" --dry-run --ledger "$dir"
     local images="$dir/infer_images" n_infer
     n_infer=$(min "$n_test" 1000)
     mkdir -p "$images"
-    find "$data/test/images" -name '*.jpg' | sort | head -n "$n_infer" | xargs -I{} ln {} "$images/"
+    awk -F'\t' -v n="$n_infer" 'NR > 1 && NR <= n + 1 { print $1 }' "$data/test/test_points.csv" |
+        xargs -I{} ln "$data/test/images/{}" "$images/{}"
     step infer_1000 -- "$KIT" infer "$run" --images "$images" --out "$dir/infer.csv"
     step pseudo_fold0 -- "$KIT" pseudo "$PIPELINE" --data "$data" --from "$run" --folds 0 --out "$dir/pseudo"
     "$PY" benchmarks/scale_report.py "$table"

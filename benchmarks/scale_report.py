@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 
-def _read(path: Path) -> dict[str, tuple[float, float, int]]:
+def _read(path: Path) -> dict[str, tuple[float, float, float]]:
+    """step -> (seconds, peak GiB, anonymous GiB)."""
     with open(path, newline="") as f:
-        return {row["step"]: (float(row["seconds"]), float(row["peak_gib"]), int(row["exit"])) for row in
-                csv.DictReader(f, delimiter="\t")}
+        rows = csv.DictReader(f, delimiter="\t")
+        return {row["step"]: (float(row["seconds"]), float(row["peak_gib"]), float(row["anon_gib"])) for row in rows}
 
 
 def _exponent(a: float, b: float, ratio: float) -> str:
@@ -30,22 +31,28 @@ def report(paths: list[Path]) -> str:
     sizes = [int(path.parent.name) for path in paths]
     tables = [_read(path) for path in paths]
     steps = list(dict.fromkeys(step for table in tables for step in table))
-    head = ["step"] + [f"{n} s" for n in sizes] + [f"{n} GiB" for n in sizes]
+    head = ["step"]
+    for n in sizes:
+        head += [f"{n}: s", "GiB", "anon GiB"]
     if len(paths) > 1:
-        head += ["time exp", "memory exp"]
+        head += ["time exp", "anon exp"]
     rows = [head]
     for step in steps:
         values = [table.get(step) for table in tables]
-        row = [step] + [f"{v[0]:.1f}" if v else "-" for v in values] + [f"{v[1]:.2f}" if v else "-" for v in values]
+        row = [step]
+        for v in values:
+            row += [f"{v[0]:.1f}", f"{v[1]:.2f}", f"{v[2]:.2f}"] if v else ["-"] * 3
         if len(paths) > 1:
             first, last = values[0], values[-1]
             ratio = sizes[-1] / sizes[0]
             slow_enough = first and last and max(first[0], last[0]) >= 1.0
-            row += [_exponent(first[0], last[0], ratio) if slow_enough else "-",
-                    _exponent(first[1], last[1], ratio) if first and last else "-"]
+            row += [
+                _exponent(first[0], last[0], ratio) if slow_enough else "-",
+                _exponent(first[2], last[2], ratio) if first and last else "-",
+            ]
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """More runs from one finished run, for ensembling benchmarks: ``scale_runs.py RUN N_NOISY [--links K]``.
 
-``RUN_n1 .. RUN_nN`` are copies of the run whose prediction arrays (the run's and every fold's ``oof.npy`` and
-``test.npy``) have seeded Gaussian noise added (sigma 1 + i px, so the runs differ and a blend has something to
-weigh); ``RUN_l1 .. RUN_lK`` share every file with the run by hard links (free on disk: for ``kit runs`` at many
-runs). The arrays are streamed in row chunks, so memory stays bounded at any size. Their ``metrics.json`` is the
+``RUN_n1 .. RUN_nN`` are copies of the run whose ``oof.npy`` and ``test.npy`` have seeded Gaussian noise added
+(sigma 1 + i px, so the runs differ and a blend has something to weigh); their other files, the folds' arrays
+included (blend and stack read only the run's), are hard links to the run's. ``RUN_l1 .. RUN_lK`` share every
+file with the run by hard links (free on disk: for ``kit runs`` at many runs). The arrays are streamed in row chunks, so memory stays bounded at any size. Their ``metrics.json`` is the
 source's (its OOF MSE is not the noisy arrays'): blend and stack score from the arrays.
 """
 
@@ -33,7 +33,7 @@ def _noisy_copy(source: Path, target: Path, sigma: float, rng: np.random.Generat
 
 
 def noisy_run(run: Path, target: Path, sigma: float, seed: int) -> None:
-    """Copy ``run`` to ``target`` with noise added to every prediction array."""
+    """Copy ``run`` to ``target`` with noise added to its OOF and test predictions."""
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     rng = np.random.default_rng(seed)
@@ -43,10 +43,10 @@ def noisy_run(run: Path, target: Path, sigma: float, seed: int) -> None:
             out.mkdir(parents=True, exist_ok=True)
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
-        if path.name in ("oof.npy", "test.npy"):
+        if path.parent == run and path.name in ("oof.npy", "test.npy"):
             _noisy_copy(path, out, sigma, rng)
-        elif path.suffix not in (".pt",):  # checkpoints are not needed to blend or stack
-            shutil.copy2(path, out)
+        else:
+            os.link(path, out)
     os.replace(tmp, target)
 
 

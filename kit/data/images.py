@@ -2,6 +2,9 @@
 
 Every decode is preceded by a check of the size the file declares in its header against a pixel limit
 (``max_image_pixels``), so a tiny file declaring a huge image fails with its name before anything is allocated.
+``load_image`` reads, checks and decodes a file; its steps (``read_image_bytes``, ``check_image_data``,
+``decode_image``) serve a caller that needs the bytes too, or a JPEG decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+DCT scaling, ``reduction``: several times faster than a full decode, for a crop that shrinks the image anyway).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ _HEADER_BYTES = 1 << 16  # read_image_size reads this much first; a JPEG whose f
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 # EXIF orientations 5-8 transpose the image, swapping width and height.
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+# A JPEG decoded at 1/2, 1/4 or 1/8 scale (the reduced greyscale flag with IMREAD_COLOR_RGB gives reduced RGB).
+_REDUCED = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+_REDUCED_BGR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 # libjpeg's warnings about the data itself (it decodes on, filling the damage with grey): errors in strict mode.
 _CORRUPT_DATA = re.compile(
     r"Corrupt JPEG data[^\n]*|Premature end of JPEG file|Invalid SOS parameters[^\n]*|Inconsistent progression[^\n]*"
@@ -130,6 +136,53 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def is_jpeg(data: bytes) -> bool:
+    return data.startswith(_JPEG_MAGIC)
+
+
+def jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) OpenCV applies when it decodes this JPEG; 1 for none or another format.
+
+    OpenCV reads the first APP1 segment as EXIF (whatever its signature) and the orientation tag of its first IFD.
+    """
+    if not is_jpeg(data):
+        return 1
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return 1
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+        elif marker in (0xD9, 0xDA):
+            return 1
+        else:
+            length = struct.unpack_from(">H", data, pos + 2)[0]
+            if marker == 0xE1:
+                return _tiff_orientation(data[pos + 10 : pos + 2 + length])  # after the length and "Exif\0\0"
+            pos += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """The orientation tag (0x0112) of the first IFD of a TIFF header; 1 if absent, malformed or out of range."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8 or struct.unpack_from(order + "H", tiff, 2)[0] != 0x2A:
+        return 1
+    ifd = struct.unpack_from(order + "I", tiff, 4)[0]
+    if ifd + 2 > len(tiff):
+        return 1
+    for entry in range(ifd + 2, ifd + 2 + 12 * struct.unpack_from(order + "H", tiff, ifd)[0], 12):
+        if entry + 12 > len(tiff):
+            return 1
+        if struct.unpack_from(order + "H", tiff, entry)[0] == 0x0112:
+            value = struct.unpack_from(order + "H", tiff, entry + 8)[0]
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
     limit = max_image_pixels() if max_pixels is None else max_pixels
     if width * height > limit:
@@ -146,15 +199,21 @@ def _is_truncated_jpeg(data: bytes) -> bool:
     return not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
 
 
-def _decode(path: Path, data: bytes) -> np.ndarray | None:
+def _flags(reduction: int) -> int:
+    if reduction == 1:
+        return _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR
+    return (_REDUCED[reduction] | _IMREAD_RGB) if _IMREAD_RGB is not None else _REDUCED_BGR[reduction]
+
+
+def _decode(path: Path, data: bytes, reduction: int = 1) -> np.ndarray | None:
     try:
-        return cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
+        return cv2.imdecode(np.frombuffer(data, np.uint8), _flags(reduction))
     except cv2.error as exc:
         reason = next((line for line in reversed(str(exc).splitlines()) if line.strip()), "")
         raise DataError(f"{path}: cannot decode image (OpenCV: {reason.strip()[:200]})") from None
 
 
-def _decode_strict(path: Path, data: bytes) -> np.ndarray | None:
+def _decode_strict(path: Path, data: bytes, reduction: int = 1) -> np.ndarray | None:
     """Decode with the process's stderr (file descriptor 2) captured: libjpeg's corrupt-data warnings are errors."""
     global _capture_pipe
     with _capture_lock:
@@ -168,7 +227,7 @@ def _decode_strict(path: Path, data: bytes) -> np.ndarray | None:
         saved = os.dup(2)
         os.dup2(write_end, 2)
         try:
-            image = _decode(path, data)
+            image = _decode(path, data, reduction)
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -219,10 +278,30 @@ def load_image(path: str | Path, max_pixels: int | None = None, strict: bool = F
         DataError: the file is missing, not an image, a truncated JPEG, too large, or (``strict``) corrupt.
     """
     path = Path(path)
+    data = read_image_bytes(path)
+    check_image_data(path, data, max_pixels)
+    return decode_image(path, data, strict)
+
+
+def read_image_bytes(path: Path) -> bytes:
+    """The whole file.
+
+    Raises:
+        DataError: the file is missing, a dangling symbolic link or a loop of them, a folder, or unreadable.
+    """
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise unreadable(path, exc) from None
+
+
+def check_image_data(path: Path, data: bytes, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) the file's header declares (before EXIF orientation), checked before any decoding.
+
+    Raises:
+        DataError: the data is empty, not an image, declares more pixels than the limit (``max_pixels``, default
+            ``max_image_pixels()``), or is a truncated JPEG.
+    """
     if not data:
         raise DataError(f"{path}: empty image file")
     size = _declared_size(data)
@@ -231,7 +310,27 @@ def load_image(path: str | Path, max_pixels: int | None = None, strict: bool = F
     _check_pixels(path, *size, max_pixels)
     if data.startswith(_JPEG_MAGIC) and _is_truncated_jpeg(data):
         raise DataError(f"{path}: truncated JPEG (no end-of-image marker)")
-    image = _decode_strict(path, data) if strict else _decode(path, data)
+    return size
+
+
+def decode_image(path: Path, data: bytes, strict: bool = False, reduction: int = 1) -> np.ndarray:
+    """Decode checked data (``check_image_data``) to an (H, W, 3) RGB uint8 array, EXIF orientation applied.
+
+    Args:
+        path: the file, for error messages.
+        data: its bytes.
+        strict: fail on corrupt data the decoder repairs (see ``load_image``).
+        reduction: 1, or (JPEG only) 2, 4 or 8: libjpeg's DCT scaling decodes at 1/``reduction`` scale, each
+            side ``ceil(side / reduction)``, mapping pixel edges like an area resize (before orientation:
+            ``x_small + 0.5 = (x + 0.5) / reduction``).
+
+    Raises:
+        DataError: the data cannot be decoded, or (``strict``) is corrupt.
+        ValueError: ``reduction`` is not 1, 2, 4 or 8, or is not 1 for data other than a JPEG.
+    """
+    if reduction != 1 and (reduction not in _REDUCED or not is_jpeg(data)):
+        raise ValueError(f"reduction must be 1, or 2, 4 or 8 for a JPEG, got {reduction}")
+    image = _decode_strict(path, data, reduction) if strict else _decode(path, data, reduction)
     if image is None:
         raise DataError(f"{path}: cannot decode image (not an image file, or corrupt)")
     return image if _IMREAD_RGB is not None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

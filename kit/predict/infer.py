@@ -1,7 +1,7 @@
 """``kit infer``: all P landmarks for any folder of face images, from a run's fold models or a blend's runs.
 
 This is how a trained model is used after the competition: no competition folder is needed. Each image is
-cropped exactly as the crop cache crops it (``kit.data.prepare.crop_image``), predicted by every fold model with
+cropped exactly as the crop cache crops it (``kit.data.prepare.load_crop``), predicted by every fold model with
 the run's TTA, averaged over folds (as ``test.npy`` is), mapped back to original pixels, and, for a blend, the
 runs are combined with the blend's weights.
 """
@@ -25,7 +25,7 @@ import torch
 from kit.data.geometry import apply_affine, invert_affine
 from kit.data.images import load_image
 from kit.data.landmarks import point_columns
-from kit.data.prepare import crop_image
+from kit.data.prepare import load_crop
 from kit.errors import KitError
 from kit.io import atomic_path, refuse_inside
 from kit.predict.models import inference_device, load_fold_model
@@ -166,7 +166,7 @@ def _crops(paths: list[Path], size: int, margin: float, pad: int) -> tuple[np.nd
     """Padded crops (N, S, S, 3) and their matrices (N, 2, 3); only crops are kept in memory, not the photos."""
 
     def crop(path: Path):
-        return crop_image(load_image(path), size, margin, pad)
+        return load_crop(path, size, margin, pad)
 
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # cv2 releases the GIL
         pairs = list(pool.map(crop, paths))

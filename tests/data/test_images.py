@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import os
 import resource
 import struct
@@ -17,6 +18,8 @@ from PIL import Image
 from kit.data.images import (
     DEFAULT_MAX_PIXELS,
     MAX_PIXELS_ENV,
+    decode_image,
+    jpeg_orientation,
     load_image,
     max_image_pixels,
     pixel_limit,
@@ -244,3 +247,50 @@ def test_strict_mode_passes_on_harmless_decoder_messages(tmp_path, capfd):
     (tmp_path / "jfif2.jpg").write_bytes(data)
     assert load_image(tmp_path / "jfif2.jpg", strict=True).shape == (16, 16, 3)
     assert "unknown JFIF revision number 2.01" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("reduction", [2, 4, 8])
+def test_a_reduced_decode_is_rgb_at_1_over_f_and_strict_too(tmp_path, reduction):
+    bgr = np.random.default_rng(0).integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    data = cv2.imencode(".jpg", bgr)[1].tobytes()
+    image = decode_image(tmp_path / "a.jpg", data, reduction=reduction)
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), {2: 17, 4: 33, 8: 65}[reduction])  # IMREAD_REDUCED_COLOR
+    assert image.shape == (-(-61 // reduction), -(-83 // reduction), 3)
+    np.testing.assert_array_equal(image, expected[..., ::-1])
+    with pytest.raises(DataError, match="corrupt image data"):
+        decode_image(tmp_path / "bad.jpg", corrupt_jpeg(), strict=True, reduction=reduction)
+
+
+def test_only_a_jpeg_decodes_at_reduced_scale(tmp_path):
+    png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    with pytest.raises(ValueError, match="reduction must be 1, or 2, 4 or 8 for a JPEG"):
+        decode_image(tmp_path / "a.png", png, reduction=2)
+    jpeg = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    with pytest.raises(ValueError, match="got 3"):
+        decode_image(tmp_path / "a.jpg", jpeg, reduction=3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_jpeg_orientation_is_the_one_opencv_applies(tmp_path, orientation, endian):
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    exif = Image.Exif()
+    exif.endian = endian
+    exif[0x010F] = "a camera maker, a tag before the orientation"
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    data = buffer.getvalue()
+    assert jpeg_orientation(data) == orientation
+    assert decode_image(tmp_path / "a.jpg", data).shape == ((40, 20, 3) if orientation >= 5 else (20, 40, 3))
+
+
+def test_jpeg_orientation_without_exif_is_1():
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    assert jpeg_orientation(cv2.imencode(".jpg", pixels)[1].tobytes()) == 1
+    assert jpeg_orientation(cv2.imencode(".png", pixels)[1].tobytes()) == 1
+    exif = Image.Exif()
+    exif[0x0112] = 9  # out of range: OpenCV ignores it
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", exif=exif.tobytes())
+    assert jpeg_orientation(buffer.getvalue()) == 1

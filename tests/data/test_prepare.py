@@ -1,4 +1,5 @@
-"""The crop cache: keyed by the tables and every image, rebuilt when an image changes, stale caches pruned."""
+"""The crop cache: keyed by the tables and every image, rebuilt when an image changes, stale caches pruned; JPEGs
+decoded at reduced scale where the crop shrinks them, each image read once."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import PIL.Image
 import pytest
 from typer.testing import CliRunner
 
 from kit.cli import app
 from kit.data import prepare
 from kit.data.competition import Competition
+from kit.data.geometry import apply_affine
 from kit.data.images import load_image
-from kit.data.prepare import crop_cache_path, crop_image, prepare_crops
+from kit.data.prepare import crop_cache_path, crop_image, image_fingerprint, load_crop, prepare_crops
 from kit.errors import DataError
 from kit.io import WriteError, format_bytes
 
@@ -30,13 +33,13 @@ SIZE, MARGIN, PAD = 24, 0.1, 4
 def counted(monkeypatch):
     """Count the images the cache builder crops."""
     calls: list[int] = []
-    original = prepare.crop_image
+    original = prepare._cache_crop
 
     def crop(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(prepare, "crop_image", crop)
+    monkeypatch.setattr(prepare, "_cache_crop", crop)
     return calls
 
 
@@ -48,16 +51,141 @@ def _replace_image(path, seed: int) -> None:
     os.utime(path, ns=(before + 10**9, before + 10**9))  # the file clock may not tick between two writes
 
 
-def test_crop_image_equals_the_cached_crop(make_competition):
-    tiny = make_competition(n_train=5, n_test=2, size=(40, 52))
+def test_load_crop_equals_the_cached_crop(make_competition):
+    tiny = make_competition(n_train=5, n_test=2, size=(40, 52))  # shrunk 2x: decoded at half scale
     for split, image_path in (("train", tiny.train_image), ("test", tiny.test_image)):
         cache = prepare_crops(tiny.root, split, SIZE, MARGIN, PAD, workers=2)
         for i in range(2):
-            crop, matrix = crop_image(load_image(image_path(i)), SIZE, MARGIN, PAD)
+            crop, matrix = load_crop(image_path(i), SIZE, MARGIN, PAD)
             assert crop.dtype == np.uint8 and crop.shape == (cache.side, cache.side, 3)
             assert matrix.dtype == np.float64 and matrix.shape == (2, 3)
             np.testing.assert_array_equal(crop, cache.images()[i])
             np.testing.assert_array_equal(matrix, cache.transforms()[i])
+
+
+def test_load_crop_of_an_image_shrunk_less_than_2x_is_crop_image(make_competition):
+    tiny = make_competition(n_train=2, n_test=1, size=(40, 52))
+    for path in (tiny.train_image(0), _png(tiny.train_image(1))):  # 40 px to 24 px; a PNG is always decoded whole
+        for size, margin in ((SIZE, 0.0), (10, 0.0)):
+            crop, matrix = load_crop(path, size, margin, PAD)
+            expected = crop_image(load_image(path), size, margin, PAD)
+            if path.suffix == ".png" or size == SIZE:
+                np.testing.assert_array_equal(crop, expected[0])
+            np.testing.assert_array_equal(matrix, expected[1])
+
+
+def _png(path: Path) -> Path:
+    png = path.with_suffix(".png")
+    assert cv2.imwrite(str(png), cv2.imread(str(path)))
+    return png
+
+
+def _smooth_photo(height: int, width: int) -> np.ndarray:
+    """An RGB image of smooth waves: what a reduced decode keeps (a face photo at crop resolution)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = [np.sin(x / 37) * np.cos(y / 53), np.sin((x + y) / 71), np.cos(x / 29 + y / 41)]
+    return np.stack([128 + 100 * c for c in channels], -1).clip(0, 255).astype(np.uint8)
+
+
+def _save_jpeg(path: Path, rgb: np.ndarray, orientation: int = 1) -> Path:
+    exif = PIL.Image.Exif()
+    exif[0x0112] = orientation
+    PIL.Image.fromarray(rgb).save(path, quality=95, exif=exif.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+@pytest.mark.parametrize(("size", "reduction"), [(150, 2), (80, 4), (40, 8)])
+def test_a_reduced_decode_gives_the_full_decodes_crop(tmp_path, orientation, size, reduction, monkeypatch):
+    """A JPEG of sides no factor divides, EXIF-rotated or not: the same matrix, nearly the same pixels."""
+    path = _save_jpeg(tmp_path / "big.jpg", _smooth_photo(333, 421), orientation)
+    decoded = []
+    decode = prepare.decode_image
+    monkeypatch.setattr(prepare, "decode_image", lambda *a: decoded.append(a[3:]) or decode(*a))
+    crop, matrix = load_crop(path, size, 0.0, 8)
+    assert decoded == [(reduction,)]  # decoded once, at 1/reduction: never below the crop's resolution
+    full, full_matrix = crop_image(load_image(path), size, 0.0, 8)
+    np.testing.assert_array_equal(matrix, full_matrix)
+    assert crop.shape == full.shape and np.abs(crop.astype(int) - full).mean() < 2
+
+
+# The stored pixels that EXIF orientation 1-8 displays as the given image.
+_STORED = {
+    1: lambda shown: shown,
+    2: lambda shown: shown[:, ::-1],
+    3: lambda shown: shown[::-1, ::-1],
+    4: lambda shown: shown[::-1],
+    5: lambda shown: shown.transpose(1, 0, 2),
+    6: lambda shown: np.rot90(shown),
+    7: lambda shown: shown[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda shown: np.rot90(shown, -1),
+}
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_landmarks_land_on_the_same_feature_in_a_reduced_crop(tmp_path, orientation):
+    """A bright dot at a known original pixel (after orientation) is where the matrix maps it, to a tenth of a pixel.
+
+    The sides are 1 more than a multiple of 8: an axis the orientation reverses starts with a 1/8 partial pixel.
+    """
+    height, width = (417, 329) if orientation >= 5 else (329, 417)  # the displayed image
+    dot = np.array([271.0, 97.0])  # (x, y) in displayed original pixels
+    shown = np.zeros((height, width, 3), np.uint8)
+    cv2.circle(shown, (int(dot[0]), int(dot[1])), 9, (255, 255, 255), -1)
+    path = _save_jpeg(tmp_path / "dot.jpg", np.ascontiguousarray(_STORED[orientation](shown)), orientation)
+    assert load_image(path).shape == shown.shape and load_image(path)[int(dot[1]), int(dot[0])].min() > 200
+    crop, matrix = load_crop(path, 40, 0.0, 4)  # 329 px to 40: decoded at 1/8
+    expected = apply_affine(dot[None], matrix)[0]
+    weight = crop[..., 0].astype(float)
+    ys, xs = np.mgrid[0 : crop.shape[0], 0 : crop.shape[1]]
+    found = np.array([(weight * xs).sum(), (weight * ys).sum()]) / weight.sum()
+    assert np.abs(found - expected).max() < 0.15, (found, expected)  # off by 0.85 px if a flip's shift were missed
+
+
+def test_a_first_build_reads_each_image_once_and_fills_the_store(make_competition, monkeypatch):
+    monkeypatch.setattr(prepare, "_RACY_NS", 0)  # trust the fresh files' stats, as for files of yesterday
+    tiny = make_competition(n_train=5, n_test=1)
+    comp = Competition.load(tiny.root)
+    reads = []
+    read = prepare.read_image_bytes
+    monkeypatch.setattr(prepare, "read_image_bytes", lambda path: reads.append(path) or read(path))
+    with monkeypatch.context() as patched:
+        patched.setattr(prepare, "_content_digest", lambda *a: pytest.fail("hashed an image before the build"))
+        cache = prepare_crops(comp, "train", SIZE, MARGIN, PAD)
+        assert sorted(reads) == sorted(tiny.train_image(i) for i in range(5))  # each once
+        assert crop_cache_path(comp, "train", SIZE, MARGIN, PAD) == cache.path  # from the store the build filled
+        fingerprint = image_fingerprint(comp, "train")
+    prepare._fingerprint_store(comp, "train").unlink()
+    assert image_fingerprint(comp, "train") == fingerprint  # the same digests, read again from the files
+    assert crop_cache_path(comp, "train", SIZE, MARGIN, PAD) == cache.path
+    assert prepare_crops(comp, "train", SIZE, MARGIN, PAD).path == cache.path and len(reads) == 5
+
+
+def test_touched_images_are_hashed_first_and_the_cache_reused(make_competition, counted):
+    tiny = make_competition(n_train=4, n_test=1)
+    cache = prepare_crops(tiny.root, "train", SIZE, MARGIN, PAD)
+    for i in range(4):  # every stat changed (as after a copy), no content
+        stat = tiny.train_image(i).stat()
+        os.utime(tiny.train_image(i), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    counted.clear()
+    assert prepare_crops(tiny.root, "train", SIZE, MARGIN, PAD).path == cache.path and counted == []
+
+
+@pytest.mark.slow  # spawns
+def test_worker_processes_write_the_same_cache(make_competition, monkeypatch):
+    tiny = make_competition(n_train=7, n_test=1)
+    comp = Competition.load(tiny.root)
+    monkeypatch.setattr(prepare, "_STRICT_POOL_MIN", 1)
+    monkeypatch.setattr(prepare, "_STRICT_CHUNK", 3)
+    ticks = []
+    cache = prepare_crops(comp, "train", SIZE, MARGIN, PAD, workers=2, progress=ticks.append)
+    assert ticks == [1] * 7
+    for i in range(7):
+        crop, matrix = load_crop(tiny.train_image(i), SIZE, MARGIN, PAD)
+        np.testing.assert_array_equal(cache.images()[i], crop)
+        np.testing.assert_array_equal(cache.transforms()[i], matrix)
+    prepare._fingerprint_store(comp, "train").unlink()
+    assert crop_cache_path(comp, "train", SIZE, MARGIN, PAD) == cache.path
 
 
 def test_crop_image_rejects_a_non_rgb_array():
@@ -90,7 +218,7 @@ def test_replaced_image_rebuilds_the_cache_and_prunes_the_stale_one(make_competi
 
     new = prepare_crops(tiny.root, "train", SIZE, MARGIN, PAD)
     assert new.path != old.path and len(counted) == 4
-    expected, _ = crop_image(load_image(tiny.train_image(2)), SIZE, MARGIN, PAD)
+    expected, _ = load_crop(tiny.train_image(2), SIZE, MARGIN, PAD)
     np.testing.assert_array_equal(new.images()[2], expected)
     assert not np.array_equal(new.images()[2], old_crop)
     assert not old.path.exists()  # stale: removed once the new cache was complete
@@ -162,7 +290,7 @@ def _builds(comp: Competition) -> list[str]:
 
 
 def _crop(path) -> np.ndarray:
-    return crop_image(load_image(path), SIZE, MARGIN, PAD)[0]
+    return load_crop(path, SIZE, MARGIN, PAD)[0]
 
 
 def _dead_pid() -> int:
@@ -178,7 +306,7 @@ def test_too_little_free_space_refuses_before_any_crop(make_competition, counted
     with pytest.raises(WriteError) as caught:
         prepare_crops(comp, "train", SIZE, MARGIN, PAD)
     needed = format_bytes(prepare.cache_bytes(4, SIZE + 2 * PAD))
-    path = crop_cache_path(comp, "train", SIZE, MARGIN, PAD)
+    path = comp.cache_dir / "crops-train-24-m0.1-p4"  # a first build: its key is known once it has read the images
     assert str(caught.value) == (
         f"{path}: not enough disk space for the train crop cache (needed ~{needed}, free 1.0 kB); "
         "free some space or choose another --workspace"
