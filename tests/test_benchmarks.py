@@ -115,3 +115,47 @@ def test_real_faces_script_imports_sweeps_and_stacks(tmp_path):
     assert stack["nme_points"] == [36, 45]
     assert "stack, nested CV" in result.stdout and "total wall time" in result.stdout
     assert "stack, private test" in result.stdout and "MSE " in result.stdout
+
+
+SCALE_STEPS = (
+    "build check folds prepare fold_train make_runs blend3_mean blend3_weights blend3_per-point blend3_hill-climb "
+    "stack3_ridge stack3_pca-ridge runs_50 validate score submit_dry_run infer_1000 pseudo_fold0"
+).split()
+
+
+@pytest.mark.slow
+def test_scale_script_runs_every_step_and_reports_growth(tmp_path):
+    out = tmp_path / "scale"
+    env = os.environ | {
+        "KIT": str(Path(sys.executable).parent / "kit"),
+        "PY": sys.executable,
+        "SCALE_OUT": str(out),
+        "SCALE_SOURCE_TRAIN": "24",
+        "SCALE_SOURCE_TEST": "6",
+        "SCALE_ENSEMBLES": "3",
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "scale.sh"), "30", "9", "60", "12"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    for n_train, n_test in ((30, 9), (60, 12)):
+        rows = [line.split("\t") for line in (out / str(n_train) / "steps.tsv").read_text().splitlines()[1:]]
+        assert [row[0] for row in rows] == SCALE_STEPS
+        assert all(row[-1] == "0" and float(row[1]) >= 0 and float(row[2]) > 0 for row in rows), rows
+        data = out / str(n_train) / "data"
+        # Every row of the built competition is a valid copy of a source row, under its own name.
+        labels = (data / "train" / "landmarks.csv").read_text().splitlines()
+        assert len(labels) == n_train + 1 and labels[25].split("\t", 1)[1] == labels[1].split("\t", 1)[1]
+        assert len((data / "test" / "test_points.csv").read_text().splitlines()) == n_test + 1
+        assert (data / "train" / "images" / "0000024.jpg").stat().st_ino == (
+            data / "train" / "images" / "0000000.jpg"
+        ).stat().st_ino
+        assert len((out / str(n_train) / "infer.csv").read_text().splitlines()) == n_test + 1
+    # The growth table of the two sizes: a time exponent for the steps slow enough to read it from.
+    growth = result.stdout[result.stdout.index("== growth ==") :]
+    assert "time exp" in growth and "fold_train" in growth
