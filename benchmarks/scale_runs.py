@@ -2,9 +2,10 @@
 
 ``RUN_n1 .. RUN_nN`` are copies of the run whose ``oof.npy`` and ``test.npy`` have seeded Gaussian noise added
 (sigma 1 + i px, so the runs differ and a blend has something to weigh); their other files, the folds' arrays
-included (blend and stack read only the run's), are hard links to the run's. ``RUN_l1 .. RUN_lK`` share every
-file with the run by hard links (free on disk: for ``kit runs`` at many runs). The arrays are streamed in row chunks, so memory stays bounded at any size. Their ``metrics.json`` is the
-source's (its OOF MSE is not the noisy arrays'): blend and stack score from the arrays.
+included (blend and stack read only the run's), are hard links to the run's. ``RUN_l1 .. RUN_lK`` share every file
+with the run by hard links (free on disk: for ``kit runs`` at many runs). The arrays are streamed in row chunks, so
+memory stays bounded at any size. Their ``metrics.json`` is the source's (its OOF MSE is not the noisy arrays'):
+blend and stack score from the arrays.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 A write that fails for a reason the user can fix (a full disk, a read-only or unwritable folder) ends in a
 one-line ``WriteError`` naming the file, and leaves no temporary file behind.
+
+Arrays as large as the competition's (3 GB of labels, a run's 3 GB ``oof.npy``) are written (``npy_writer``) and read
+(``row_chunks``, ``read_rows``, ``ScatteredReads``) a chunk at a time, and the pages of a memory-mapped one are
+released as they are read: a memory map's pages count in a process's resident memory once touched.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ import contextlib
 import errno
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +153,170 @@ def write_json(path: str | Path, obj) -> None:
 def save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path, needed=np.asarray(array).nbytes + 128) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
+
+
+@contextlib.contextmanager
+def npy_writer(path: str | Path, shape: tuple[int, ...], dtype=np.float32) -> Iterator[Callable[[np.ndarray], None]]:
+    """Write the ``.npy`` array ``path`` of ``shape`` block by block of rows, atomically: yields ``write(block)``.
+
+    Memory stays at one block whatever the array's size; the file appears once every row is written.
+
+    Raises:
+        ValueError: a block does not fit the shape, or the blocks do not fill it.
+        WriteError: as ``atomic_path``.
+    """
+    shape, dtype = tuple(int(v) for v in shape), np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    written = 0
+
+    def write(block: np.ndarray) -> None:
+        nonlocal written
+        block = np.ascontiguousarray(block, dtype=dtype)
+        if block.shape[1:] != shape[1:] or written + len(block) > shape[0]:
+            raise ValueError(f"{path}: a block of shape {block.shape} after {written} rows does not fit {shape}")
+        f.write(block.data)
+        written += len(block)
+
+    with atomic_path(path, needed=int(np.prod(shape)) * dtype.itemsize + 128) as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        yield write
+        if written != shape[0]:
+            raise ValueError(f"{path}: {written} of {shape[0]} rows written")
+
+
+_FAULT_AROUND = max(mmap.PAGESIZE, 64 << 10)  # Linux's default fault_around_bytes (large folios may map more)
+
+
+def _shared_mapping(array: np.ndarray) -> mmap.mmap | None:
+    """The shared file mapping ``array`` is a view of (``np.memmap`` or ``np.load(mmap_mode=...)``), or None."""
+    owner = array
+    while owner is not None:
+        mapping = getattr(owner, "_mmap", None)
+        if mapping is not None:
+            return mapping if getattr(owner, "mode", "c") != "c" else None  # copy-on-write pages hold the edits
+        owner = owner.base if isinstance(owner, np.ndarray) else None
+    return None
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped ``array`` from this process's resident memory; nothing for other arrays.
+
+    A pass over a memory-mapped file otherwise keeps every page it read resident (3 GB for full-size labels). The
+    pages stay in the page cache, and the mapping stays valid: reading them again maps them back.
+    """
+    mapping = _shared_mapping(array)
+    if mapping is None or array.size == 0 or not hasattr(mapping, "madvise"):
+        return
+    try:
+        start = np.frombuffer(mapping, np.uint8, count=1).ctypes.data
+    except ValueError:  # a closed mapping
+        return
+    low, high = np.lib.array_utils.byte_bounds(array)
+    # A page fault maps the aligned 64 KiB around it ("fault-around"): release whole such windows, or reading the
+    # next row maps the released pages of this one back.
+    first = (low - start) // _FAULT_AROUND * _FAULT_AROUND
+    last = min(len(mapping), -(-(high - start) // _FAULT_AROUND) * _FAULT_AROUND)
+    mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+CHUNK_BYTES = 32 << 20  # bytes of rows read at once by ``row_chunks``
+
+
+def chunk_rows(array: np.ndarray, chunk_bytes: int | None = None) -> int:
+    """Rows of ``array`` in about ``chunk_bytes`` (default ``CHUNK_BYTES``), at least one."""
+    row = array.itemsize * int(np.prod(array.shape[1:]))
+    return max(1, (chunk_bytes or CHUNK_BYTES) // max(1, row))
+
+
+def read_rows(array: np.ndarray, rows, dtype=None) -> np.ndarray:
+    """``array[rows]`` copied into memory (as ``dtype`` if given); a memory-mapped array's pages are released.
+
+    A list of rows is gathered in chunks, so at most a chunk's pages are resident at once.
+    """
+    array = np.asanyarray(array)
+    if isinstance(rows, list | np.ndarray) and np.ndim(rows) == 1:
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, dtype=np.intp)
+        out = np.empty((len(rows), *array.shape[1:]), dtype=dtype or array.dtype)
+        step = chunk_rows(array)
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            out[start : start + len(part)] = array[part]
+            release_pages(array[part.min() : part.max() + 1])
+        return out
+    view = array[rows]
+    block = np.array(view, dtype=dtype)
+    release_pages(view if np.may_share_memory(view, array) else array)  # a copying index: release them all
+    return block
+
+
+def _npy_file(array: np.ndarray) -> tuple[str, int] | None:
+    """(path, offset of the first row) of a whole ``.npy`` file memory-mapped as ``array``, else None."""
+    if not (isinstance(array, np.memmap) and array.filename and array.flags.c_contiguous and hasattr(os, "preadv")):
+        return None
+    try:
+        whole = array.offset + array.nbytes == os.path.getsize(array.filename)  # not a view of part of it
+    except OSError:
+        return None
+    return (array.filename, array.offset) if whole else None
+
+
+class ScatteredReads:
+    """Rows of an array in any order, as in-memory copies; a memory-mapped ``.npy`` file's rows are read with
+    ``pread``, which maps nothing.
+
+    Reading a memory map keeps every page it touched resident (in each loader worker: a whole crop cache over an
+    epoch), and releasing the pages read by read costs more than small reads (a crop, a face's labels).
+    """
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self._file = _npy_file(array)
+        self._fd: int | None = None  # opened by the process that reads (each loader worker its own)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index) -> np.ndarray:
+        """Row ``index``, or the rows of an array of indices."""
+        if self._file is None:
+            return np.array(self.array[index])
+        rows = np.asarray(index, dtype=np.int64)
+        out = np.empty((*rows.shape, *self.array.shape[1:]), dtype=self.array.dtype)
+        flat = out.reshape(rows.size, -1)
+        for i, row in enumerate(rows.reshape(-1).tolist()):
+            self._read(flat[i], row)
+        return out
+
+    def _read(self, out: np.ndarray, row: int) -> None:
+        n = len(self.array)
+        if not -n <= row < n:
+            raise IndexError(f"row {row} out of range for {n} rows")
+        if self._fd is None:
+            self._fd = os.open(self._file[0], os.O_RDONLY)
+        if os.preadv(self._fd, [out], self._file[1] + (row % n) * out.nbytes) != out.nbytes:
+            raise OSError(f"{self._file[0]}: truncated at row {row}")
+
+
+def row_chunks(array: np.ndarray, rows: int | None = None, dtype=None) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(rows, array[rows])`` for consecutive chunks of rows, each an in-memory copy (as ``dtype`` if given).
+
+    A memory-mapped array's pages are released after each chunk (``release_pages``), so a pass over the whole
+    array holds one chunk.
+
+    Args:
+        rows: rows per chunk (default: ``chunk_rows(array)``).
+    """
+    rows = rows or chunk_rows(array)
+    for start in range(0, len(array), rows):
+        where = slice(start, min(len(array), start + rows))
+        yield where, read_rows(array, where, dtype)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

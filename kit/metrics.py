@@ -17,32 +17,46 @@ from dataclasses import dataclass
 import numpy as np
 
 from kit.errors import DataError
+from kit.io import read_rows
 
 FAILURE_NME = 10.0  # percent: a face whose NME is above this is a failure
 CHUNK_ROWS = 4096  # rows read at once
 
 
-def mse(pred: np.ndarray, true: np.ndarray) -> float:
-    """Mean squared error over every coordinate."""
-    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+def _chunks(n: int, chunk: int):
+    return (slice(start, min(n, start + chunk)) for start in range(0, n, chunk))
+
+
+def _read(array: np.ndarray, rows) -> np.ndarray:
+    return read_rows(array, rows, np.float64)
+
+
+def _check_shapes(pred: np.ndarray, true: np.ndarray) -> None:
     if pred.shape != true.shape:
         raise ValueError(f"shape mismatch: predictions {pred.shape}, answers {true.shape}")
-    return float(np.mean((pred - true) ** 2))
 
 
-def per_point_mse(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+def mse(pred: np.ndarray, true: np.ndarray, chunk: int = CHUNK_ROWS) -> float:
+    """Mean squared error over every coordinate."""
+    pred, true = np.asarray(pred), np.asarray(true)
+    _check_shapes(pred, true)
+    sse = sum(float(np.square(_read(pred, rows) - _read(true, rows)).sum()) for rows in _chunks(len(true), chunk))
+    return sse / true.size if true.size else float("nan")
+
+
+def per_point_mse(pred: np.ndarray, true: np.ndarray, chunk: int = CHUNK_ROWS) -> np.ndarray:
     """MSE of each point over images and both coordinates: (N, P, 2) -> (P,)."""
-    diff = np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)
-    return (diff**2).mean(axis=(0, 2))
+    pred, true = np.asarray(pred), np.asarray(true)
+    _check_shapes(pred, true)
+    total = np.zeros(true.shape[1], dtype=np.float64)
+    for rows in _chunks(len(true), chunk):
+        total += np.square(_read(pred, rows) - _read(true, rows)).sum(axis=(0, 2))
+    return total / (len(true) * true.shape[2]) if len(true) else np.full(true.shape[1], np.nan)
 
 
 def normalisation(nme_points: tuple[int, int] | None) -> str:
     """How the face size is measured, in words: ``points 36-45`` or ``face box``."""
     return "face box" if nme_points is None else f"points {nme_points[0]}-{nme_points[1]}"
-
-
-def _chunks(n: int, chunk: int):
-    return (slice(start, min(n, start + chunk)) for start in range(0, n, chunk))
 
 
 def face_sizes(
@@ -67,13 +81,12 @@ def face_sizes(
     sizes = np.empty(n, dtype=np.float64)
     for rows in _chunks(n, chunk):
         if nme_points is None:
-            t = np.asarray(true[rows], dtype=np.float64)
+            t = _read(true, rows)
             extent = t.max(axis=1) - t.min(axis=1)  # n, 2
             sizes[rows] = np.sqrt(extent[:, 0] * extent[:, 1])
         else:
-            a = np.asarray(true[rows, nme_points[0]], dtype=np.float64)
-            b = np.asarray(true[rows, nme_points[1]], dtype=np.float64)
-            sizes[rows] = np.hypot(*(a - b).T)
+            pair = _read(true, (rows, list(nme_points)))  # n, 2, 2
+            sizes[rows] = np.hypot(*(pair[:, 0] - pair[:, 1]).T)
     bad = np.flatnonzero(~(sizes > 0) | ~np.isfinite(sizes))
     if len(bad):
         row = int(bad[0])
@@ -98,14 +111,13 @@ def nme_per_face(
         sizes: (N,) face sizes, when ``true`` is not every point of each face (``face_sizes`` of the full answers);
             by default ``face_sizes(true, nme_points)``.
     """
-    if pred.shape != true.shape:
-        raise ValueError(f"shape mismatch: predictions {pred.shape}, answers {true.shape}")
+    _check_shapes(pred, true)
     sizes = face_sizes(true, nme_points, chunk=chunk) if sizes is None else np.asarray(sizes, dtype=np.float64)
     if sizes.shape != (len(true),):
         raise ValueError(f"{sizes.shape} face sizes for {len(true)} faces")
     out = np.empty(len(true), dtype=np.float64)
     for rows in _chunks(len(true), chunk):
-        diff = np.asarray(pred[rows], dtype=np.float64) - np.asarray(true[rows], dtype=np.float64)
+        diff = _read(pred, rows) - _read(true, rows)
         out[rows] = np.sqrt((diff**2).sum(axis=-1)).mean(axis=-1)
     return 100.0 * out / sizes
 
@@ -150,14 +162,13 @@ def landmark_scores(
     Args:
         sizes: as for ``nme_per_face``.
     """
-    if pred.shape != true.shape:
-        raise ValueError(f"shape mismatch: predictions {pred.shape}, answers {true.shape}")
+    _check_shapes(pred, true)
     sizes = face_sizes(true, nme_points, chunk=chunk) if sizes is None else np.asarray(sizes, dtype=np.float64)
     if sizes.shape != (len(true),):
         raise ValueError(f"{sizes.shape} face sizes for {len(true)} faces")
     sse, per_face = 0.0, np.empty(len(true), dtype=np.float64)
     for rows in _chunks(len(true), chunk):
-        squared = (np.asarray(pred[rows], dtype=np.float64) - np.asarray(true[rows], dtype=np.float64)) ** 2
+        squared = np.square(_read(pred, rows) - _read(true, rows))
         sse += float(squared.sum())
         per_face[rows] = np.sqrt(squared.sum(axis=-1)).mean(axis=-1)
     per_face *= 100.0 / sizes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 
@@ -14,6 +16,10 @@ class Reporter(Protocol):
     def end_epoch(self, fold: int, epoch: int, stats: dict) -> None: ...
 
     def message(self, text: str) -> None: ...
+
+    def progress(self, total: int, description: str) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+        """A bar of ``total`` steps for a long step outside the epochs (assembly, pseudo-labels), with its rate
+        and time left; yields ``advance(n)``."""
 
 
 class SilentReporter:
@@ -28,6 +34,10 @@ class SilentReporter:
 
     def message(self, text: str) -> None:
         pass
+
+    @contextlib.contextmanager
+    def progress(self, total: int, description: str) -> Iterator[Callable[[int], None]]:
+        yield lambda n=1: None
 
 
 def format_epoch(fold: int, epoch: int, stats: dict) -> str:

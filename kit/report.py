@@ -21,17 +21,21 @@ def write_report(
     oof: np.ndarray,
     pipeline,
     nme_points: tuple[int, int] | None = None,
+    scores=None,
 ) -> None:
     """Curves (train loss, valid MSE in original pixels) and a grid of validation crops, atomically; the title
     and each crop give the MSE and the NME (``nme_points``: the face size's two points, None: the face box).
 
+    Only the rows drawn are read from ``points`` and ``oof`` (either may be memory-mapped).
+
     Args:
         summaries: the folds' ``kit.runs.FoldSummary`` records; train_cache: the training ``CropCache``;
         points: (N, P, 2) training points and oof: (N, P, 2) OOF predictions, in original pixels.
+        scores: the OOF ``kit.metrics.Scores`` for the title (default: computed, a pass over both arrays).
     """
     from kit.metrics import landmark_scores, nme_per_face, normalisation
 
-    scores = landmark_scores(oof, points, nme_points)
+    scores = scores if scores is not None else landmark_scores(oof, points, nme_points)
     n_images = min(pipeline.train.report_images, len(oof))
     cols = 6
     rows = 1 + (n_images + cols - 1) // cols
@@ -50,11 +54,12 @@ def write_report(
     if n_images:
         chosen = np.linspace(0, len(oof) - 1, n_images).astype(int)
         images = train_cache.images()
-        cache_true = train_cache.to_cache(points[chosen], chosen)
+        true, pred = np.asarray(points[chosen]), np.asarray(oof[chosen])
+        cache_true = train_cache.to_cache(true, chosen)
         transforms = train_cache.transforms()[chosen]
         from kit.data.geometry import apply_affine
 
-        cache_pred = apply_affine(oof[chosen], transforms)
+        cache_pred = apply_affine(pred, transforms)
         size, pad = train_cache.size, train_cache.pad
         for i, row in enumerate(chosen):
             ax = fig.add_subplot(rows, cols, cols + i + 1)
@@ -62,8 +67,8 @@ def write_report(
             t, p = cache_true[i] - pad, cache_pred[i] - pad
             ax.scatter(t[:, 0], t[:, 1], s=4, c="lime", linewidths=0)
             ax.scatter(p[:, 0], p[:, 1], s=4, c="red", linewidths=0)
-            err = float(((oof[row] - points[row]) ** 2).mean())
-            nme = float(nme_per_face(oof[row : row + 1], points[row : row + 1], nme_points)[0])
+            err = float(((pred[i] - true[i]) ** 2).mean())
+            nme = float(nme_per_face(pred[i : i + 1], true[i : i + 1], nme_points)[0])
             ax.set_title(f"row {row}  MSE {err:.1f}  NME {nme:.1f}%", fontsize=8)
             ax.set(xlim=(0, size), ylim=(size, 0))
             ax.axis("off")
@@ -78,9 +83,9 @@ def write_report(
 
 
 def report_writer(train_cache, points: np.ndarray, pipeline, nme_points: tuple[int, int] | None = None):
-    """The ``report(path, summaries, oof)`` callback that ``RunDir.assemble`` calls to draw ``report.png``."""
+    """The ``report(path, summaries, oof, scores)`` callback that ``RunDir.assemble`` calls to draw ``report.png``."""
 
-    def report(path: Path, summaries: list, oof: np.ndarray) -> None:
-        write_report(path, summaries, train_cache, points, oof, pipeline, nme_points)
+    def report(path: Path, summaries: list, oof: np.ndarray, scores) -> None:
+        write_report(path, summaries, train_cache, points, oof, pipeline, nme_points, scores)
 
     return report

@@ -8,6 +8,7 @@ recomputed from its ``oof.npy`` where it recorded another normalisation (or none
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -78,18 +79,23 @@ class RunRow:
 class NmeReference:
     """The data's training landmarks and NME normalisation, to recompute a run's OOF NME against."""
 
-    points: np.ndarray  # (N, P, 2) training landmarks
-    sizes: np.ndarray  # (N,) face sizes
+    points: np.ndarray  # (N, P, 2) training landmarks (memory-mapped)
     nme_points: tuple[int, int] | None  # None: the face box
     train_names_sha256: str
+    source: str = "true landmarks"  # the landmarks' table, as errors name it
+    names: np.ndarray | None = None  # its file names, as errors name the rows
 
     @classmethod
     def of(cls, comp: Competition, nme_points: tuple[int, int] | None = None) -> NmeReference:
         """``comp``'s training faces, normalised by ``nme_points`` (default: the data's ``nme_points.txt``)."""
         pair = comp.resolve_nme_points(nme_points)
-        points = comp.train.points
-        sizes = face_sizes(points, pair, source=str(comp.train_csv), names=comp.train.file_names)
-        return cls(points, sizes, pair, names_sha256(comp.train.file_names))
+        names = comp.train.file_names
+        return cls(comp.train.points, pair, names_sha256(names), str(comp.train_csv), names)
+
+    @functools.cached_property
+    def sizes(self) -> np.ndarray:
+        """(N,) face sizes: a pass over every label, made when a run's NME is first recomputed."""
+        return face_sizes(self.points, self.nme_points, source=self.source, names=self.names)
 
 
 def blend_users(submissions_dir: str | Path) -> dict[Path, list[str]]:
@@ -147,6 +153,28 @@ def _oof_nme(run: RunDir, metrics, reference: NmeReference | None) -> tuple[floa
     return *nme_summary(nme_per_face(oof, reference.points, sizes=reference.sizes)), reference.nme_points
 
 
+def _describe_pipeline(row: RunRow, run: RunDir, validate: bool) -> None:
+    """The row's model, input size and epochs from the run's pipeline; with ``validate``, its hash too.
+
+    Validating a pipeline imports every model family (torch, timm: seconds): a finished run's hash is in its metrics,
+    and the rest is read from its resolved ``pipeline.yaml`` as written.
+    """
+    if validate:
+        pipeline = run.read_pipeline()
+        row.family, row.backbone = pipeline.model.family, pipeline.model.backbone
+        row.input_size, row.epochs = pipeline.input.size, pipeline.train.epochs
+        row.pipeline_sha = pipeline_sha256(pipeline)[:SHORT]
+        return
+    tree = run.read_pipeline_tree()
+
+    def value(section: str, key: str, kind: type):
+        found = tree.get(section, {}).get(key) if isinstance(tree.get(section), dict) else None
+        return found if isinstance(found, kind) and not isinstance(found, bool) else None
+
+    row.family, row.backbone = value("model", "family", str), value("model", "backbone", str)
+    row.input_size, row.epochs = value("input", "size", int), value("train", "epochs", int)
+
+
 def run_row(
     run: RunDir,
     k: int | None = None,
@@ -163,20 +191,17 @@ def run_row(
         name=run.name, path=str(run.path), state="partial", blends=list((blends or {}).get(run.path.resolve(), []))
     )
     errors: list[str] = []
-    pipeline = metrics = None
-    try:
-        pipeline = run.read_pipeline()
-        row.family, row.backbone = pipeline.model.family, pipeline.model.backbone
-        row.input_size, row.epochs = pipeline.input.size, pipeline.train.epochs
-        row.pipeline_sha = pipeline_sha256(pipeline)[:SHORT]
-        row.split_sha = run.read_split().digest()[:SHORT]
-    except KitError as exc:
-        errors.append(str(exc))
+    metrics = None
     if run.is_finished():
         try:
             metrics = run.read_metrics()
         except KitError as exc:
             errors.append(str(exc))
+    try:
+        _describe_pipeline(row, run, validate=metrics is None or metrics.identity is None)
+        row.split_sha = run.read_split().digest()[:SHORT]
+    except KitError as exc:
+        errors.insert(0, str(exc))
     total = len(metrics.folds) if metrics is not None else k
     known = total if total is not None else run.known_folds()
     try:

@@ -417,6 +417,9 @@ class _TrackingReporter:
     def message(self, text: str) -> None:
         self.inner.message(text)
 
+    def progress(self, total: int, description: str):
+        return self.inner.progress(total, description)
+
 
 # ---------------------------------------------------------------- backfill and ensembles
 

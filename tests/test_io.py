@@ -13,8 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import kit.io
 from kit.errors import KitError
-from kit.io import WriteError, atomic_path, format_bytes, free_bytes, save_npy, write_json, write_text
+from kit.io import (
+    ScatteredReads,
+    WriteError,
+    atomic_path,
+    chunk_rows,
+    format_bytes,
+    free_bytes,
+    npy_writer,
+    read_rows,
+    release_pages,
+    row_chunks,
+    save_npy,
+    write_json,
+    write_text,
+)
 
 AS_ROOT = os.geteuid() == 0
 ROOT_REASON = "running as root: chmod does not stop root's writes (the faked EROFS tests cover this path)"
@@ -144,3 +159,97 @@ def test_other_errors_of_the_block_are_not_taken_for_the_write(tmp_path):
         tmp.write_text("partial")
         raise ValueError("boom")
     assert os.listdir(tmp_path) == []
+
+
+def test_npy_writer_streams_blocks_into_a_normal_npy(tmp_path):
+    array = np.arange(7 * 3 * 2, dtype=np.float64).reshape(7, 3, 2) / 3
+    with npy_writer(tmp_path / "a.npy", array.shape) as write:
+        for start in range(0, 7, 3):
+            write(array[start : start + 3])  # converted to the file's float32
+    loaded = np.load(tmp_path / "a.npy")
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, array.astype(np.float32))
+    assert os.listdir(tmp_path) == ["a.npy"]
+
+
+def test_npy_writer_leaves_nothing_when_the_rows_do_not_fit(tmp_path):
+    with (
+        pytest.raises(ValueError, match=r"b\.npy: 4 of 5 rows written"),
+        npy_writer(tmp_path / "b.npy", (5, 2)) as write,
+    ):
+        write(np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="does not fit"), npy_writer(tmp_path / "b.npy", (5, 2)) as write:
+        write(np.zeros((6, 2)))
+    with pytest.raises(ValueError, match="does not fit"), npy_writer(tmp_path / "b.npy", (5, 2)) as write:
+        write(np.zeros((5, 3)))
+    assert os.listdir(tmp_path) == []
+
+
+def _resident_file_bytes() -> int:
+    """Resident file-backed memory of this process (RssFile of /proc/self/status)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("RssFile:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_row_chunks_of_a_memory_map_hold_one_chunk(tmp_path, monkeypatch):
+    array = np.random.default_rng(0).random((4100, 1024, 2)).astype(np.float32)  # 32 MB, chunks of 4 MB
+    monkeypatch.setattr(kit.io, "CHUNK_BYTES", 4 << 20)
+    np.save(tmp_path / "a.npy", array)
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    before = _resident_file_bytes()
+    total = 0.0
+    for rows, block in row_chunks(mapped, rows=100, dtype=np.float64):
+        assert block.dtype == np.float64
+        np.testing.assert_array_equal(block, array[rows])
+        total += block.sum()
+    assert rows == slice(4000, 4100)
+    assert _resident_file_bytes() - before < 8 << 20  # without the release every page read stays resident
+    np.testing.assert_array_equal(read_rows(mapped, [3, 400, 7]), array[[3, 400, 7]])
+    before = _resident_file_bytes()
+    every_third = read_rows(np.load(tmp_path / "a.npy", mmap_mode="r"), np.arange(0, 4100, 3))  # a fold's rows
+    assert _resident_file_bytes() - before < 8 << 20
+    np.testing.assert_array_equal(every_third, array[::3])
+    np.testing.assert_array_equal(read_rows(mapped, np.arange(4100) % 2 == 1), array[1::2])
+    release_pages(mapped[10:20])
+    np.testing.assert_array_equal(mapped[10:20], array[10:20])  # released pages read back from the file
+    release_pages(array)  # an array in memory: nothing to do
+
+
+def test_chunk_rows():
+    assert chunk_rows(np.zeros((10, 971, 2), np.float32), chunk_bytes=971 * 8 * 3) == 3
+    assert chunk_rows(np.zeros((10, 971, 2), np.float32), chunk_bytes=1) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_releasing_row_by_row_outruns_the_kernels_fault_around(tmp_path):
+    np.save(tmp_path / "crops.npy", np.ones((8000, 40, 40, 3), np.uint8))  # 38 MB of 4.8 kB crops
+    crops = np.load(tmp_path / "crops.npy", mmap_mode="r")
+    before = _resident_file_bytes()
+    for row in range(len(crops)):
+        crop = crops[row]
+        assert np.array(crop).sum() == 4800
+        release_pages(crop)
+    assert _resident_file_bytes() - before < 4 << 20
+
+
+def test_scattered_reads_of_a_memory_mapped_npy_map_nothing(tmp_path):
+    import pickle
+
+    array = np.random.default_rng(1).random((3000, 1000)).astype(np.float32)  # 12 MB
+    np.save(tmp_path / "a.npy", array)
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    reads = ScatteredReads(mapped)
+    before = _resident_file_bytes() if Path("/proc/self/status").is_file() else 0
+    order = np.random.default_rng(2).permutation(3000)
+    for row in order:
+        assert reads[row][0] == array[row, 0]
+    if Path("/proc/self/status").is_file():
+        assert _resident_file_bytes() - before < 1 << 20
+    np.testing.assert_array_equal(reads[np.array([5, -1, 7])], array[[5, -1, 7]])
+    np.testing.assert_array_equal(reads[np.array([[1, 2], [3, 4]])], array[[[1, 2], [3, 4]]])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(reads))[9], array[9])  # a worker opens its own file
+    with pytest.raises(IndexError):
+        reads[3000]
+    np.testing.assert_array_equal(ScatteredReads(mapped[10:20])[3], array[13])  # a view: read through the map
+    np.testing.assert_array_equal(ScatteredReads(array)[np.array([4, 2])], array[[4, 2]])

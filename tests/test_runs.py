@@ -1,5 +1,6 @@
 """The run contract: identity of finished folds, validation before any work, locks, plain run names."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -291,6 +292,68 @@ def test_assembly_records_the_nme_of_the_run_and_its_folds(tmp_path, nme_points)
     assert [f["nme"] for f in on_disk["folds"]] == pytest.approx([0.0, per_face[1::3].mean(), 0.0])
     assert on_disk["folds"][1]["failure_rate"] == pytest.approx(100 * np.mean(per_face[1::3] > 10))
     assert load_run(run.path).metrics == metrics
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 3 * 5 * 2 * 4])  # one chunk; 3 rows a chunk
+def test_assembly_streams_in_row_chunks_what_a_whole_array_assembly_gives(tmp_path, monkeypatch, chunk_bytes):
+    import kit.io
+    from kit.metrics import landmark_scores
+    from kit.runs import FoldSummary
+
+    monkeypatch.setattr(kit.io, "CHUNK_BYTES", chunk_bytes or kit.io.CHUNK_BYTES)
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(0, 50, (13, 5, 2)).astype(np.float32)
+    np.save(tmp_path / "truth.npy", truth)
+    fold_of = rng.permutation(np.arange(13) % 3)  # folds interleaved irregularly
+    oof = truth + rng.normal(0, 2, truth.shape).astype(np.float32)
+    tests = rng.uniform(0, 50, (3, 4, 5, 2)).astype(np.float32)
+    split = SplitInfo(folds_sha256="f" * 64, train_names_sha256="a" * 64, test_names_sha256="b" * 64, n_points=5)
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nmodel: {backbone: resnet18}\n")
+    pipeline = load_pipeline(path)
+    run = RunDir.under(tmp_path / "runs", "p")
+    run.record(pipeline, split, None)
+    for fold in range(3):
+        rows = fold_of == fold
+        summary = FoldSummary(
+            fold=fold,
+            mse=1.0,
+            best_epoch=0,
+            epochs=1,
+            wall_seconds=1.0,
+            images_per_second=1.0,
+            identity=Identity.of(pipeline, split),
+            n_train=9,
+            n_valid=int(rows.sum()),
+        )
+        run.write_fold(fold, summary, oof[rows], tests[fold])
+    drawn = []
+
+    def report(path, summaries, written, scores):
+        drawn.append((np.array(written), scores))
+
+    advanced = []
+
+    @contextlib.contextmanager
+    def progress(total, description):
+        advanced.append(total)
+        yield advanced.append
+
+    labels = np.load(tmp_path / "truth.npy", mmap_mode="r")
+    metrics = run.assemble(pipeline, split, labels, fold_of, report=report, progress=progress)
+    np.testing.assert_array_equal(np.load(run.path / "oof.npy"), oof)
+    np.testing.assert_array_equal(np.load(run.path / "test.npy"), tests.mean(axis=0))  # bit for bit
+    scores = landmark_scores(oof, truth)
+    assert metrics.oof_mse == pytest.approx(scores.mse, rel=1e-9)
+    assert (metrics.oof_nme, metrics.oof_failure_rate) == pytest.approx((scores.nme, scores.failure_rate))
+    assert [f.nme for f in metrics.folds] == pytest.approx(
+        [landmark_scores(oof[fold_of == f], truth[fold_of == f]).nme for f in range(3)]
+    )
+    np.testing.assert_array_equal(drawn[0][0], oof)
+    assert drawn[0][1].mse == metrics.oof_mse
+    assert advanced[0] == 13 + 4 and sum(advanced[1:]) == 13 + 4
+    assert len(advanced) == 1 + (2 if chunk_bytes is None else 5 + 2)
+    assert sorted(p.name for p in run.path.iterdir() if p.name.startswith(".") and p.name != ".lock") == []
 
 
 def test_records_of_older_kits_load_without_nme(tmp_path):

@@ -114,6 +114,34 @@ def test_states_running_and_unreadable(runs, tmp_path):
     assert worse.state == "failed" and "metrics.json: unreadable" in worse.error
 
 
+def test_finished_runs_are_listed_from_their_records_alone(runs, tmp_path):
+    """Without --data, no prediction array is read and no model family (torch) is imported."""
+    import os
+    import subprocess
+    import sys
+
+    before = {row.name: row for row in list_runs(runs, tmp_path / "subs")}
+    for name in ("good", "worse"):
+        for array in ("oof.npy", "test.npy"):
+            (runs / name / array).write_bytes(b"not an array")
+    after = {row.name: row for row in list_runs(runs, tmp_path / "subs")}
+    assert after == before
+    finished = tmp_path / "finished"  # an unfinished run's pipeline is validated, with the model families
+    for name in ("good", "worse"):
+        shutil.copytree(runs / name, finished / name)
+    code = (
+        "import sys\nfrom kit.cli import app\n"
+        f"sys.argv = ['kit', 'runs', {str(finished)!r}, '--submissions', {str(tmp_path / 'subs')!r}]\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules and 'sklearn' not in sys.modules, 'imported'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ | {"COLUMNS": "300"}
+    )
+    assert done.returncode == 0, done.stderr
+    assert " good " in done.stdout and " worse " in done.stdout
+
+
 def test_cli_table_and_json(runs, tmp_path):
     result = runner.invoke(app, ["runs", str(runs), "--submissions", str(tmp_path / "subs")], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.blend.inputs import (
+    Inputs,
     RunScore,
     check_finite_grams,
     check_finite_test,
@@ -22,7 +23,9 @@ from kit.blend.inputs import (
     write_outputs,
 )
 from kit.blend.nested import (
+    PREDICT_ROWS,
     NestedScore,
+    blend_coordinates,
     face_nme,
     fold_point_grams,
     in_sample_blend,
@@ -31,6 +34,7 @@ from kit.blend.nested import (
     run_point_mse,
 )
 from kit.blend.report import plot_point_errors
+from kit.blend.rows import mean_row, one_blas_thread, run_blocks
 from kit.blend.weights import Method
 from kit.metrics import Scores, nme_summary
 from kit.runs import Run
@@ -60,12 +64,10 @@ class BlendResult:
 
 def _blend_test(runs: Sequence[Run], weights: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Weighted sum of the runs' test predictions (M, P, 2), weights (R,) or (P, R)."""
-    n_points = runs[0].test.shape[1]
-    w = np.broadcast_to(np.asarray(weights, dtype=np.float64).T.reshape(len(runs), -1), (len(runs), n_points))
-    out = np.empty(runs[0].test.shape, dtype=np.float32)
-    for start in range(0, len(out), chunk):
-        rows = slice(start, start + chunk)
-        out[rows] = sum(w[r][None, :, None] * np.asarray(run.test[rows], np.float64) for r, run in enumerate(runs))
+    tests = [run.test for run in runs]
+    out = np.empty(tests[0].shape, dtype=np.float32)
+    for rows, x in run_blocks(tests, chunk, PREDICT_ROWS):
+        out[rows] = blend_coordinates(x, weights).reshape(-1, *out.shape[1:])
     return out
 
 
@@ -104,6 +106,12 @@ def blend_runs(
     """
     method = Method(method)
     inputs = prepare_inputs(run_dirs, data_dir, name or f"blend-{method.value}", out_dir, force, nme_points)
+    with one_blas_thread():
+        return _blend(method, inputs)
+
+
+def _blend(method: Method, inputs: Inputs) -> BlendResult:
+    """``blend_runs`` on checked inputs."""
     comp, runs, labels, folds, n_folds = inputs.comp, inputs.runs, inputs.labels, inputs.folds, inputs.n_folds
     csv_path, json_path, png_path = inputs.outputs
     name = inputs.name
@@ -152,7 +160,7 @@ def blend_runs(
         **_weights_record(score, labels),
         "fit": score.fit.info,
     }
-    mean_face = np.asarray(truth).mean(axis=0, dtype=np.float64)
+    mean_face = mean_row(truth)
     write_outputs(
         inputs.outputs,
         blended,

@@ -12,14 +12,23 @@ from functools import partial
 
 import numpy as np
 
+from kit.blend.rows import add_products, chunk_rows, fold_chunks, symmetric
 from kit.blend.weights import Fit, Method, blend_sse, fit
 from kit.metrics import nme_per_face
 
-# An ensemble's predictions (n, Q) of rows from the runs' coordinates (n, Q, R) (Q = 2P, point-major) and the
-# rows' folds (n,).
-Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# An ensemble's predictions (n, Q) of rows of one fold from the runs' coordinates (R, n, Q) (Q = 2P, point-major)
+# and that fold.
+Predictor = Callable[[np.ndarray, int], np.ndarray]
 
-CHUNK_BYTES = 1 << 26  # rows of residuals processed at once (float64 over all runs)
+CHUNK_BYTES = 1 << 28  # one chunk of rows (every run's coordinates and the truth), counted at 8 bytes a value
+PREDICT_ROWS = 64  # rows predicted at once by ``face_nme``
+
+
+def point_grams(products: np.ndarray) -> np.ndarray:
+    """Per-point Grams (..., P, R, R) from per-coordinate residual products (..., R, R, Q) (``add_products``)."""
+    full = symmetric(products)
+    *lead, r, _, q = full.shape
+    return full.reshape(*lead, r, r, q // 2, 2).sum(axis=-1).transpose(*range(len(lead)), -1, -3, -2).copy()
 
 
 def fold_point_grams(
@@ -34,17 +43,12 @@ def fold_point_grams(
     """
     n, p, _ = truth.shape
     r = len(predictions)
-    grams = np.zeros((n_folds, p, r, r))
-    chunk = max(1, CHUNK_BYTES // (r * p * 2 * 8))
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        y = np.asarray(truth[start:stop], dtype=np.float64)
-        resid = np.stack([np.asarray(pred[start:stop], dtype=np.float64) - y for pred in predictions])  # R,n,P,2
-        fold = folds[start:stop]
-        for f in np.unique(fold):
-            e = resid[:, fold == f].transpose(2, 0, 1, 3).reshape(p, r, -1)  # P, R, rows*2
-            grams[f] += e @ e.transpose(0, 2, 1)
-    return grams
+    products = np.zeros((n_folds, r, r, 2 * p))
+    for chunk in fold_chunks(predictions, truth, folds, chunk_rows(8 * 2 * p * (r + 1), CHUNK_BYTES)):
+        for f, rows in chunk.groups:
+            for _, x, y in chunk.blocks(rows):
+                add_products(products[f], x - y)
+    return point_grams(products)
 
 
 @dataclass(frozen=True)
@@ -93,24 +97,18 @@ def run_point_mse(grams: np.ndarray, fold_rows: np.ndarray) -> np.ndarray:
 
 
 def blend_coordinates(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The blend (n, Q) of the runs' coordinates (n, Q, R) with weights (R,) or per point (P, R)."""
+    """The blend (n, Q) of the runs' coordinates (R, n, Q) with weights (R,) or per point (P, R)."""
     w = np.asarray(weights, dtype=np.float64)
-    if w.ndim == 1:
-        return x @ w
-    return np.einsum("nqr,qr->nq", x, np.repeat(w, 2, axis=0))
+    coef = w[:, None] if w.ndim == 1 else np.ascontiguousarray(np.repeat(w, 2, axis=0).T)  # R, 1 or R, Q
+    out = x[0] * coef[0]
+    for r in range(1, len(x)):
+        out += x[r] * coef[r]
+    return out
 
 
 def by_fold(models: Sequence[Callable[[np.ndarray], np.ndarray]]) -> Predictor:
     """Each row predicted by the model of its fold, ``models[f]`` fitted without fold ``f``: nested-CV predictions."""
-
-    def predict(x: np.ndarray, fold: np.ndarray) -> np.ndarray:
-        out = np.empty(x.shape[:2])
-        for f in np.unique(fold):
-            mask = fold == f
-            out[mask] = models[f](x[mask])
-        return out
-
-    return predict
+    return lambda x, fold: models[fold](x)
 
 
 def everywhere(model: Callable[[np.ndarray], np.ndarray]) -> Predictor:
@@ -140,19 +138,19 @@ def face_nme(
     Args:
         predictions: R arrays (N, P, 2), e.g. memory-mapped OOF predictions.
         truth: (N, P, 2) answers; folds: (N,) fold of each row; sizes: (N,) face sizes (``kit.metrics.face_sizes``).
-        ensembles: name -> predictor of rows from the runs' coordinates and the rows' folds.
+        ensembles: name -> predictor of one fold's rows from the runs' coordinates.
     """
     n, p, _ = truth.shape
     r = len(predictions)
     runs = np.empty((r, n))
     out = {name: np.empty(n) for name in ensembles}
-    chunk = max(1, CHUNK_BYTES // (8 * 2 * p * (2 * r + 4)))
-    for start in range(0, n, chunk):
-        rows = slice(start, min(n, start + chunk))
-        x = np.stack([np.asarray(pred[rows], dtype=np.float64).reshape(-1, 2 * p) for pred in predictions], -1)
-        y, s = np.asarray(truth[rows], dtype=np.float64), sizes[rows]
-        for i in range(r):
-            runs[i, rows] = nme_per_face(x[..., i].reshape(-1, p, 2), y, sizes=s)
-        for name, predict in ensembles.items():
-            out[name][rows] = nme_per_face(predict(x, folds[rows]).reshape(-1, p, 2), y, sizes=s)
+    for chunk in fold_chunks(predictions, truth, folds, chunk_rows(8 * 2 * p * (r + 4), CHUNK_BYTES)):
+        for f, rows in chunk.groups:
+            for block, x, y in chunk.blocks(rows, PREDICT_ROWS):
+                where = chunk.rows[block]
+                y, s = y.reshape(-1, p, 2), sizes[where]
+                for i in range(r):
+                    runs[i, where] = nme_per_face(x[i].reshape(-1, p, 2), y, sizes=s)
+                for name, predict in ensembles.items():
+                    out[name][where] = nme_per_face(predict(x, f).reshape(-1, p, 2), y, sizes=s)
     return runs, out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -53,16 +54,22 @@ class RichReporter:
     def end_epoch(self, fold: int, epoch: int, stats: dict) -> None:
         from kit.progress import format_epoch
 
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        self._stop()
         console.print(format_epoch(fold, epoch, stats), highlight=False)
 
     def message(self, text: str) -> None:
+        self._stop()
+        console.print(text, highlight=False)
+
+    def progress(self, total: int, description: str):
+        """A bar with rate and time left on a terminal (logs and pipes get the messages only)."""
+        self._stop()
+        return progress_bar(total, description) if err_console.is_terminal else contextlib.nullcontext(lambda n=1: None)
+
+    def _stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        console.print(text, highlight=False)
 
 
 def _pipeline(path: Path, overrides: list[str] | None):

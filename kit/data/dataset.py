@@ -9,7 +9,38 @@ from torch.utils.data import Dataset
 
 from kit.config import AugmentConfig
 from kit.data.augment import build_geometry, center_crop, hflip
+from kit.data.geometry import apply_affine
 from kit.data.prepare import CropCache
+from kit.io import ScatteredReads, chunk_rows
+
+
+class CachePoints:
+    """The labels of ``rows`` in cache-crop pixels (``CropCache.to_cache``), converted when read.
+
+    The labels stay where they are (memory-mapped, as large as the competition's): no converted copy is held, in
+    this process or in any loader worker.
+    """
+
+    def __init__(self, cache: CropCache, labels: np.ndarray, rows: np.ndarray):
+        self.labels, self.rows = ScatteredReads(labels), rows
+        self.transforms = cache.transforms()[rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> np.ndarray:
+        """(P, 2) float32 points of ``rows[index]``, or (n, P, 2) for an array of indices."""
+        return apply_affine(self.labels[self.rows[index]], self.transforms[index]).astype(np.float32)
+
+    def mean(self) -> np.ndarray:
+        """(P, 2) float32 mean over the rows, read in chunks: bit for bit the ``mean(axis=0)`` of all of them."""
+        total = None
+        step = chunk_rows(self.labels.array)
+        for start in range(0, len(self), step):
+            block = self[np.arange(start, min(len(self), start + step))]
+            # Carried as the first row, the total continues numpy's row-by-row float32 sum over axis 0.
+            total = np.add.reduce(block if total is None else np.concatenate([total[None], block]), axis=0)
+        return np.true_divide(total, np.intp(len(self)), out=total, casting="unsafe")  # as np.mean divides
 
 
 class CropDataset(Dataset):
@@ -32,12 +63,11 @@ class CropDataset(Dataset):
     ):
         self.cache = cache
         self.rows = np.asarray(rows, dtype=np.int64)
-        # Points in cache-crop pixels, for the selected rows.
-        self.points = None if points is None else cache.to_cache(np.asarray(points)[self.rows], self.rows)
+        self.points = None if points is None else CachePoints(cache, points, self.rows)
         self.augment_cfg = augment
         self.flip_perm = flip_perm
         self.seed = seed
-        self._images = None  # memory-mapped lazily, once per worker process
+        self._crops = None  # the memory-mapped crops, opened lazily, once per worker process
         self._augment = build_geometry(augment, cache.size, cache.side) if augment is not None else None
         if augment is not None and augment.hflip > 0 and flip_perm is None:
             raise ValueError("horizontal flip needs the flip permutation")
@@ -58,11 +88,10 @@ class CropDataset(Dataset):
             key, seed = key
             self.reseed(seed)
         index = key
-        if self._images is None:
-            self._images = self.cache.images()
-        image = np.asarray(self._images[self.rows[index]])
-        n_points = 0 if self.points is None else self.points.shape[1]
-        points = self.points[index] if self.points is not None else np.zeros((n_points, 2), np.float32)
+        if self._crops is None:
+            self._crops = ScatteredReads(self.cache.images())
+        image = self._crops[self.rows[index]]
+        points = self.points[index] if self.points is not None else np.zeros((0, 2), np.float32)
         if self._augment is None:
             image, points = center_crop(image, points, self.cache.size, self.cache.pad)
             image = np.ascontiguousarray(image)
@@ -84,8 +113,8 @@ class RawCropBatches(Dataset):
     def __init__(self, cache: CropCache, rows: np.ndarray, points: np.ndarray):
         self.cache = cache
         self.rows = np.asarray(rows, dtype=np.int64)
-        self.points = cache.to_cache(np.asarray(points)[self.rows], self.rows)
-        self._images = None
+        self.points = CachePoints(cache, points, self.rows)
+        self._crops = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -93,10 +122,10 @@ class RawCropBatches(Dataset):
     def __getitems__(self, keys: list):
         """``keys`` are indices or ``(index, seed)`` pairs (the seeds are unused: augmentation runs on the device)."""
         indices = [key[0] if isinstance(key, tuple) else key for key in keys]
-        if self._images is None:
-            self._images = self.cache.images()
+        if self._crops is None:
+            self._crops = ScatteredReads(self.cache.images())
         order = np.sort(np.asarray(indices))
-        images = torch.from_numpy(np.ascontiguousarray(self._images[self.rows[order]]))
+        images = torch.from_numpy(self._crops[self.rows[order]])
         return images, torch.from_numpy(self.points[order]), torch.from_numpy(self.rows[order])
 
     def __getitem__(self, index: int):

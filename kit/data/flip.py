@@ -5,6 +5,7 @@ The permutation is data used by both augmentation (a flipped image also swaps po
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,17 @@ from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 from kit.errors import DataError
-from kit.io import write_text
+from kit.io import read_rows, write_text
 
 _MEDIAN_SHAPES = 2000  # shapes the robust (median) reference shape is computed from
+_CHUNK = 2000  # shapes transformed at once
 
 
 def _normalise(shapes: np.ndarray) -> np.ndarray:
     centred = shapes - shapes.mean(axis=1, keepdims=True)
-    scale = np.sqrt((centred**2).sum(axis=(1, 2), keepdims=True) / shapes.shape[1])
-    return centred / np.maximum(scale, 1e-12)
+    scale = np.sqrt(np.einsum("npk,npk->n", centred, centred) / shapes.shape[1])
+    centred /= np.maximum(scale, 1e-12)[:, None, None]
+    return centred
 
 
 def _rotation_onto(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -45,6 +48,26 @@ def _inliers(residuals: np.ndarray, factor: float) -> np.ndarray:
     return residuals <= max(factor * median, median + 5.0 * sigma)
 
 
+def _normalised_sample(points: np.ndarray, max_shapes: int) -> np.ndarray:
+    """Up to ``max_shapes`` of the (N, P, 2) shapes, evenly spaced, normalised as float64.
+
+    Read in chunks: the labels may be a memory-mapped file, and only the sample is ever held.
+    """
+    n = len(points)
+    rows = np.linspace(0, n - 1, max_shapes).astype(int) if n > max_shapes else np.arange(n)
+    shapes = np.empty((len(rows), *np.shape(points)[1:]), dtype=np.float64)
+    for start in range(0, len(rows), _CHUNK):
+        shapes[start : start + _CHUNK] = _normalise(read_rows(points, rows[start : start + _CHUNK], np.float64))
+    return shapes
+
+
+def _aligned(shapes: np.ndarray, reference: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """``shapes`` aligned onto ``reference`` chunk by chunk, with the rows of each chunk."""
+    for start in range(0, len(shapes), _CHUNK):
+        rows = slice(start, min(len(shapes), start + _CHUNK))
+        yield rows, _align(shapes[rows], reference)
+
+
 def mean_shape(
     points: np.ndarray, iterations: int = 3, max_shapes: int = 20000, outlier_factor: float = 3.0
 ) -> np.ndarray:
@@ -53,22 +76,22 @@ def mean_shape(
     Robust to a minority of corrupt rows (such as a few wild coordinates): the shapes are first aligned to the
     coordinate-wise median shape (of up to 2000 of them); those whose Procrustes residual is an outlier (over
     ``outlier_factor`` x the median residual and 5 robust sigmas above it) are dropped, and the mean of the rest
-    is refined.
+    is refined. Up to ``max_shapes`` shapes, evenly spaced, are used.
 
     Returns a centred (P, 2) shape of unit RMS radius, oriented like the median of the normalised shapes.
     """
-    points = np.asarray(points, dtype=np.float64)
-    if len(points) > max_shapes:
-        points = points[np.linspace(0, len(points) - 1, max_shapes).astype(int)]
-    shapes = _normalise(points)
+    shapes = _normalised_sample(points, max_shapes)
     sample = shapes[np.linspace(0, len(shapes) - 1, min(len(shapes), _MEDIAN_SHAPES)).astype(int)]
     reference = _normalise(np.median(sample, axis=0, keepdims=True))[0]
     for _ in range(iterations):
         reference = _normalise(np.median(_align(sample, reference), axis=0, keepdims=True))[0]
-    residuals = np.sqrt(np.square(_align(shapes, reference) - reference).sum(axis=2).mean(axis=1))
-    shapes = shapes[_inliers(residuals, outlier_factor)]
+    residuals = np.empty(len(shapes))
+    for rows, aligned in _aligned(shapes, reference):
+        residuals[rows] = np.sqrt(np.square(aligned - reference).sum(axis=2).mean(axis=1))
+    keep = _inliers(residuals, outlier_factor)
     for _ in range(iterations):
-        reference = _normalise(_align(shapes, reference).mean(axis=0, keepdims=True))[0]
+        total = sum(aligned[keep[rows]].sum(axis=0) for rows, aligned in _aligned(shapes, reference))
+        reference = _normalise(total[None] / keep.sum())[0]
     return reference
 
 

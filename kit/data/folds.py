@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, KFold
 
 from kit.errors import DataError
 from kit.io import atomic_path, file_sha256
@@ -20,6 +19,8 @@ def make_folds(file_names: np.ndarray, k: int = 5, seed: int = 42, groups: np.nd
     Raises:
         DataError: fewer images (or groups) than folds.
     """
+    from sklearn.model_selection import GroupKFold, KFold  # scikit-learn takes ~1 s to import; only splits need it
+
     if k < 2:
         raise ValueError(f"k must be at least 2, got {k}")
     file_names = np.asarray(file_names, dtype=str)

@@ -8,15 +8,15 @@ new images must use it to get the cache's crops bit for bit. A JPEG that the cro
 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, never below the crop's resolution: several times faster than a full
 decode), the matrix still mapping original pixels to crop pixels; other images are decoded whole (``crop_image``).
 
-A cache is keyed by its parameters and the content of every image it crops, in table order
-(``image_fingerprint``): each image's fingerprint is a hash of its size and its first and last 16 KiB (the whole
-file for a small face crop; re-encoding a JPEG changes its last bytes), kept in the workspace and reused while the image's size, mtime, inode and ctime hold (a
-file rewritten in place with its old size and mtime, ``cp -p`` or ``rsync -t``, still changes its ctime). A build
-hashes the bytes it decodes, so a first build reads each image once: it crops into a temporary folder and names
-the cache after the images it read; only when a complete cache of the same parameters exists (which the images
-may still match) are the images the store does not know hashed first. An image replaced after ``kit prepare``
-gives a new key, and the stale cache is removed once the new one is complete. The same fingerprint is the images'
-part of a run's identity (``images_sha256``).
+A cache is keyed by its parameters and the content of every image it crops, in table order (``image_fingerprint``):
+each image's fingerprint is a hash of its size and its first and last 16 KiB (the whole file for a small face crop;
+re-encoding a JPEG changes its last bytes), kept in the workspace and reused while the image's size, mtime, inode
+and ctime hold (a file rewritten in place with its old size and mtime, ``cp -p`` or ``rsync -t``, still changes its
+ctime). A build hashes the bytes it decodes, so a first build reads each image once: it crops into a temporary
+folder and names the cache after the images it read; only when a complete cache of the same parameters exists (which
+the images may still match) are the images the store does not know hashed first. An image replaced after ``kit
+prepare`` gives a new key, and the stale cache is removed once the new one is complete. The same fingerprint is the
+images' part of a run's identity (``images_sha256``).
 
 A build decodes strictly, as ``kit check --decode`` does: corrupt JPEG data the decoder would repair with only a
 warning is an error naming the file, or (``skip_corrupt``) listed in the cache, whose corrupt training images are

@@ -165,5 +165,6 @@ def repredict(
             warn=reporter.message,
             nme_points=nme_points,
             identity=identity,
+            progress=reporter.progress,
         )
     return Repredicted(run_dir=target.path, metrics=metrics, source_oof_mse=source_mse)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from kit.data.dataset import CropDataset
+from kit.data.geometry import apply_affine, invert_affine
 from kit.data.prepare import CropCache
 from kit.predict.flip import mirror_points
 from kit.predict.inputs import autocast, prepare_input
@@ -25,6 +28,20 @@ def inference_loader(dataset, batch_size: int, device: torch.device, num_workers
 
 
 @torch.no_grad()
+def _batches(model, loader, device: torch.device, amp: bool, channels_last: bool, flip_perm) -> Iterator[np.ndarray]:
+    """Coordinates (B, P, 2) float32 in model-input pixels of each batch of ``loader``, in order."""
+    model.eval()
+    perm = None if flip_perm is None else torch.as_tensor(flip_perm, device=device)
+    for x, _, _ in loader:
+        x = prepare_input(x, model, device, channels_last)
+        with autocast(device, amp):
+            points = model.decode(model(x)).float()
+            if perm is not None:
+                mirrored = model.decode(model(torch.flip(x, dims=[3]))).float()
+                points = (points + mirror_points(mirrored, x.shape[-1], perm)) / 2
+        yield points.cpu().numpy()
+
+
 def predict_points(
     model,
     loader,
@@ -33,19 +50,16 @@ def predict_points(
     channels_last: bool = True,
     flip_perm: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Coordinates (N, P, 2) in model-input pixels, in loader order; with ``flip_perm``, mirrored TTA averaged in."""
-    model.eval()
-    perm = None if flip_perm is None else torch.as_tensor(flip_perm, device=device)
-    out = []
-    for x, _, _ in loader:
-        x = prepare_input(x, model, device, channels_last)
-        with autocast(device, amp):
-            points = model.decode(model(x)).float()
-            if perm is not None:
-                mirrored = model.decode(model(torch.flip(x, dims=[3]))).float()
-                points = (points + mirror_points(mirrored, x.shape[-1], perm)) / 2
-        out.append(points.cpu())  # one copy per batch, after the batch's work is queued
-    return torch.cat(out).numpy() if out else np.zeros((0, model.n_points, 2), np.float32)
+    """Coordinates (N, P, 2) in model-input pixels, in loader order; with ``flip_perm``, mirrored TTA averaged in.
+
+    The float32 output is allocated once and filled batch by batch.
+    """
+    out = np.empty((len(loader.dataset), model.n_points, 2), np.float32)
+    start = 0
+    for points in _batches(model, loader, device, amp, channels_last, flip_perm):
+        out[start : start + len(points)] = points
+        start += len(points)
+    return out[:start]
 
 
 def predict_original(
@@ -59,7 +73,17 @@ def predict_original(
     flip_perm: np.ndarray | None = None,
     num_workers: int = 0,
 ) -> np.ndarray:
-    """Original-pixel predictions (len(rows), P, 2) for ``rows`` of ``cache``."""
+    """Original-pixel predictions (len(rows), P, 2) float32 for ``rows`` of ``cache``.
+
+    Each batch is mapped to original pixels (``CropCache.to_original``) as it comes, into an output allocated once:
+    memory stays at the output and a batch.
+    """
     loader = inference_loader(CropDataset(cache, rows), batch_size, device, num_workers)
-    points = predict_points(model, loader, device, amp, channels_last, flip_perm)
-    return cache.to_original(points, rows)
+    inverse = invert_affine(cache.transforms()[rows])
+    out = np.empty((len(rows), model.n_points, 2), np.float32)
+    start = 0
+    for points in _batches(model, loader, device, amp, channels_last, flip_perm):
+        stop = start + len(points)
+        out[start:stop] = apply_affine(points.astype(np.float64) + cache.pad, inverse[start:stop])
+        start = stop
+    return out[:start]

@@ -41,7 +41,15 @@ class PointRidge:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predictions (n, Q) from the runs' coordinates (n, Q, R)."""
-        return self.intercept + np.einsum("nqr,qr->nq", x, self.weights)
+        return self.predict_runs(np.moveaxis(x, -1, 0))
+
+    def predict_runs(self, x: np.ndarray) -> np.ndarray:
+        """Predictions (n, Q) from the runs' coordinates, run-major (R, n, Q)."""
+        weights = np.ascontiguousarray(self.weights.T)  # R, Q
+        out = self.intercept + x[0] * weights[0]
+        for r in range(1, len(x)):
+            out += x[r] * weights[r]
+        return out
 
     def residual_coefficients(self, ref: np.ndarray) -> np.ndarray:
         """``beta`` (Q, R+2) with ``y - prediction = beta . z`` for the ``z`` of ``FoldStats.point``."""

@@ -19,9 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from scipy.linalg import eigh
+from scipy.linalg.blas import dgemm
 
+from kit.blend.rows import fold_chunks
 from kit.stack.ridge import PointRidge, grid_label
-from kit.stack.stats import FoldStats, frame, row_chunks, stack_chunk
+from kit.stack.stats import FoldStats, frame, rows_per_chunk
 
 COMPONENT_GRID = (5, 10, 20, 40)  # K tried (at most 2P)
 CORRECTION_GRID = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, np.inf)  # times the mean feature variance
@@ -51,22 +54,29 @@ def fit_basis(stats: FoldStats, k_max: int) -> ShapeBasis:
     m = stats.resid.sum(axis=0)
     weight, first = m[0, 0], m[0, 1:]
     cov = m[1:, 1:] - np.outer(first, first) / weight
-    values, vectors = np.linalg.eigh(0.5 * (cov + cov.T))
-    order = np.argsort(values)[::-1][:k_max]
+    d, k = len(cov), min(k_max, len(cov))
+    values, vectors = eigh(0.5 * (cov + cov.T), subset_by_index=[d - k, d - 1])  # the leading k only
+    order = np.argsort(values)[::-1]
     return ShapeBasis(vectors[:, order], np.maximum(values[order], 0.0) / weight, stats.folds)
 
 
 def normalised_runs(x: np.ndarray, centroid: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Each run's prediction in its face's normalised frame: (n, Q, R) -> (n, R, Q)."""
-    n, q, r = x.shape
-    points = x.reshape(n, q // 2, 2, r) - centroid[:, None, :, None]
-    return np.ascontiguousarray((points / scale[:, None, None, None]).reshape(n, q, r).transpose(0, 2, 1))
+    return np.ascontiguousarray(_normalised(np.moveaxis(x, -1, 0), centroid, scale).transpose(1, 0, 2))
 
 
-def shape_features(normalised: np.ndarray, basis: ShapeBasis) -> np.ndarray:
-    """Each run's normalised prediction (n, R, Q) in the basis: (n, R * K), run-major."""
-    n, r, q = normalised.shape
-    return (normalised.reshape(n * r, q) @ basis.components).reshape(n, -1)
+def _normalised(x: np.ndarray, centroid: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``normalised_runs`` run-major: (R, n, Q) -> (R, n, Q)."""
+    out = x - np.tile(centroid, x.shape[-1] // 2)  # (n, Q): each coordinate's centroid
+    out /= scale[:, None]
+    return out
+
+
+def shape_features(normalised: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """Each run's normalised prediction (R, n, Q) in the basis ``components`` (Q, K): (n, R * K), run-major."""
+    r, n, q = normalised.shape
+    projected = normalised.reshape(r * n, q) @ components
+    return projected.reshape(r, n, -1).transpose(1, 0, 2).reshape(n, -1)
 
 
 @dataclass(frozen=True)
@@ -105,21 +115,28 @@ def shape_stats(
     gg = [np.zeros((n_folds, g, g)) for g in sizes]
     rg = [np.zeros((n_folds, q, g)) for g in sizes]
     rr = [np.zeros((n_folds, q)) for _ in sizes]
-    for rows in row_chunks(n, 8 * q * (2 * r + 4)):
-        x = stack_chunk(predictions, rows)
-        y = np.asarray(truth[rows], dtype=np.float64).reshape(-1, q)
-        centroid, scale = frame(x.mean(axis=-1).reshape(-1, p, 2))
-        normalised = normalised_runs(x, centroid, scale)
-        fold = folds[rows]
-        masks = [(f, fold == f) for f in np.unique(fold)]
-        for i, (stage1, basis) in enumerate(pairs):
-            e = y - stage1.predict(x)
-            sg = scale[:, None] * np.concatenate([np.ones((len(x), 1)), shape_features(normalised, basis)], 1)
-            for f, mask in masks:
-                sgf, ef = sg[mask], e[mask]
-                gg[i][f] += sgf.T @ sgf
-                rg[i][f] += ef.T @ sgf
-                rr[i][f] += (ef**2).sum(axis=0)
+    components = np.concatenate([basis.components for _, basis in pairs], axis=1)  # every basis, projected at once
+    ends = np.cumsum([basis.k_max for _, basis in pairs])
+    step = rows_per_chunk(8 * q * (r + 1 + len(pairs)))
+    e_buffer = np.empty((len(pairs), min(n, step), q))
+    sg_buffer = [np.empty((min(n, step), g)) for g in sizes]
+    for chunk in fold_chunks(predictions, truth, folds, step):
+        for f, rows in chunk.groups:
+            e = e_buffer[:, : rows.stop - rows.start]  # y - stage1(x) of each pair, the fold's rows
+            sg = [buffer[: rows.stop - rows.start] for buffer in sg_buffer]
+            for block, x, y in chunk.blocks(rows):
+                at = slice(block.start - rows.start, block.stop - rows.start)
+                centroid, scale = frame(x.mean(axis=0).reshape(-1, p, 2))
+                features = shape_features(_normalised(x, centroid, scale), components).reshape(len(y), r, -1)
+                for i, (stage1, basis) in enumerate(pairs):
+                    np.subtract(y, stage1.predict_runs(x), out=e[i, at])
+                    rr[i][f] += np.einsum("nq,nq->q", e[i, at], e[i, at])
+                    sg[i][at, 0] = scale
+                    own = features[:, :, ends[i] - basis.k_max : ends[i]].reshape(len(y), -1)
+                    np.multiply(scale[:, None], own, out=sg[i][at, 1:])
+            for i in range(len(pairs)):
+                gg[i][f] += sg[i].T @ sg[i]
+                dgemm(1.0, sg[i].T, e[i].T, beta=1.0, c=rg[i][f].T, trans_b=1, overwrite_c=1)  # rg += e^T sg
     counts = np.bincount(folds, minlength=n_folds)
     everything = tuple(range(n_folds))
     fitted_on = [tuple(sorted(set(stage1.fitted_on) | set(basis.fitted_on))) for stage1, basis in pairs]
@@ -148,10 +165,9 @@ class ShapeCorrection:
         return self.basis.components[:, : self.k] @ self.theta
 
     def delta(self, features: np.ndarray) -> np.ndarray:
-        """Normalised corrections (n, D) from the features of the full basis (n, R * K_max)."""
-        n_runs = features.shape[1] // self.basis.k_max
-        g = np.concatenate([np.ones((len(features), 1)), features], axis=1)[:, _index(n_runs, self.basis.k_max, self.k)]
-        return g @ self.coefficients().T
+        """Normalised corrections (n, D) from the features of the leading ``k`` components (n, R * k)."""
+        g = np.concatenate([np.ones((len(features), 1)), features], axis=1)
+        return (g @ self.theta.T) @ self.basis.components[:, : self.k].T
 
 
 def solve_correction(
@@ -235,7 +251,12 @@ class PcaRidge:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predictions (n, Q) from the runs' coordinates (n, Q, R)."""
-        n, q, _ = x.shape
-        centroid, scale = frame(x.mean(axis=-1).reshape(n, q // 2, 2))
-        features = shape_features(normalised_runs(x, centroid, scale), self.correction.basis)
-        return self.stage1.predict(x) + scale[:, None] * self.correction.delta(features)
+        return self.predict_runs(np.moveaxis(x, -1, 0))
+
+    def predict_runs(self, x: np.ndarray) -> np.ndarray:
+        """Predictions (n, Q) from the runs' coordinates, run-major (R, n, Q)."""
+        _, n, q = x.shape
+        centroid, scale = frame(x.mean(axis=0).reshape(n, q // 2, 2))
+        leading = self.correction.basis.components[:, : self.correction.k]
+        features = shape_features(_normalised(x, centroid, scale), leading)
+        return self.stage1.predict_runs(x) + scale[:, None] * self.correction.delta(features)

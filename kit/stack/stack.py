@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.blend.inputs import (
+    Inputs,
     RunScore,
     check_finite_grams,
     check_finite_test,
@@ -20,15 +21,25 @@ from kit.blend.inputs import (
     run_entries,
     write_outputs,
 )
-from kit.blend.nested import NestedScore, by_fold, everywhere, face_nme, nested_blend, nested_cv, run_point_mse
+from kit.blend.nested import (
+    PREDICT_ROWS,
+    NestedScore,
+    by_fold,
+    everywhere,
+    face_nme,
+    nested_blend,
+    nested_cv,
+    run_point_mse,
+)
 from kit.blend.report import plot_point_errors
+from kit.blend.rows import mean_row, one_blas_thread, run_blocks
 from kit.blend.weights import Method
 from kit.metrics import Scores, nme_summary
 from kit.runs import Run
 from kit.stack.nested import StackScore, nested_pca_ridge, nested_ridge
 from kit.stack.ridge import RIDGE_GRID, PointRidge, grid_label
 from kit.stack.shape import CORRECTION_GRID, PcaRidge, component_grid
-from kit.stack.stats import accumulate, row_chunks, stack_chunk
+from kit.stack.stats import accumulate, rows_per_chunk
 
 
 class Model(str, Enum):
@@ -72,8 +83,8 @@ def predict_test(model: PointRidge | PcaRidge, runs: Sequence[Run]) -> np.ndarra
     tests = [run.test for run in runs]
     m, p, _ = tests[0].shape
     out = np.empty((m, p, 2), dtype=np.float32)
-    for rows in row_chunks(m, 8 * 2 * p * (2 * len(runs) + 4)):
-        out[rows] = model.predict(stack_chunk(tests, rows)).reshape(-1, p, 2)
+    for rows, x in run_blocks(tests, rows_per_chunk(8 * 2 * p * len(runs)), PREDICT_ROWS):
+        out[rows] = model.predict_runs(x).reshape(-1, p, 2)
     return out
 
 
@@ -122,8 +133,8 @@ def _face_nme(
     """Per-face NME of each run (R, N), of the stack's nested-CV predictions (each fold by the stacker fitted
     without it), its in-sample ones, and of the best blend's nested-CV predictions, in one pass over the rows."""
     ensembles = {
-        "stack": by_fold([fold_model.predict for fold_model in score.fold_models]),
-        "in-sample": everywhere(score.model.predict),
+        "stack": by_fold([fold_model.predict_runs for fold_model in score.fold_models]),
+        "in-sample": everywhere(score.model.predict_runs),
         "blend": nested_blend(blend),
     }
     return face_nme([run.oof for run in runs], truth, folds, sizes, ensembles)
@@ -155,6 +166,12 @@ def stack_runs(
     """
     model = Model(model)
     inputs = prepare_inputs(run_dirs, data_dir, name or f"stack-{model.value}", out_dir, force, nme_points)
+    with one_blas_thread():
+        return _stack(model, inputs)
+
+
+def _stack(model: Model, inputs: Inputs) -> StackResult:
+    """``stack_runs`` on checked inputs."""
     comp, runs, labels, folds, n_folds = inputs.comp, inputs.runs, inputs.labels, inputs.folds, inputs.n_folds
     truth = comp.train.points
     oof = [run.oof for run in runs]
@@ -210,7 +227,7 @@ def stack_runs(
         "gain_over_best_blend": float(gain),
         "stacker": _stacker_record(score, labels, comp.n_points),
     }
-    mean_face = np.asarray(truth).mean(axis=0, dtype=np.float64)
+    mean_face = mean_row(truth)
     write_outputs(
         inputs.outputs,
         stacked,

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg.blas import dsyrk
 
-from kit.blend.nested import fold_point_grams
+from kit.blend.nested import point_grams
+from kit.blend.rows import add_products, chunk_rows, fold_chunks, symmetric
 
-CHUNK_BYTES = 1 << 26  # float64 working set of one chunk of rows
+CHUNK_BYTES = 1 << 28  # one chunk of rows and what is formed from it, counted at 8 bytes a value
 
 
 def frame(mean_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -24,7 +26,8 @@ def frame(mean_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mean_points: (n, P, 2) the runs' mean prediction (known at test time too, unlike the truth).
     """
     centroid = mean_points.mean(axis=1)
-    scale = np.sqrt(((mean_points - centroid[:, None, :]) ** 2).sum(axis=-1).mean(axis=-1))
+    squares = (mean_points - centroid[:, None, :]) ** 2
+    scale = np.sqrt((squares[..., 0] + squares[..., 1]).mean(axis=-1))
     return centroid, np.maximum(scale, 1e-6)
 
 
@@ -66,17 +69,31 @@ class FoldStats:
         )
 
 
-def row_chunks(n: int, row_bytes: int) -> list[slice]:
-    """Slices of ``range(n)`` of about ``CHUNK_BYTES`` each at ``row_bytes`` a row."""
-    chunk = max(1, CHUNK_BYTES // max(1, row_bytes))
-    return [slice(start, min(n, start + chunk)) for start in range(0, n, chunk)]
+def rows_per_chunk(row_bytes: int) -> int:
+    """Rows in a chunk of about ``CHUNK_BYTES`` at ``row_bytes`` a row."""
+    return chunk_rows(row_bytes, CHUNK_BYTES)
 
 
-def stack_chunk(predictions: Sequence[np.ndarray], rows: slice) -> np.ndarray:
-    """Rows of the runs' predictions as one float64 array (n, Q, R)."""
-    return np.stack(
-        [np.asarray(pred[rows], dtype=np.float64).reshape(-1, 2 * pred.shape[1]) for pred in predictions], -1
-    )
+def _point_moments(counts: np.ndarray, sums: np.ndarray, products: np.ndarray) -> np.ndarray:
+    """``FoldStats.point`` (F, Q, R+2, R+2) from the moments of ``v = [x_1 - y, ..., x_R - y, m - ref]``: the
+    counts (F,), sums (F, R+1, Q) and products (F, R+1, R+1, Q) (upper triangle) of ``v`` per coordinate.
+
+    ``z = [1, x_1 - ref, ..., x_R - ref, y - m] = T [1, v]``, since ``x_r - ref = (x_r - y) - (m - y) + (m - ref)``
+    and ``y - m`` is minus the mean of the ``x_r - y``: the residual products that the Grams need give the
+    ``point`` moments too.
+    """
+    n_folds, k, q = sums.shape
+    r = k - 1
+    moments = np.empty((n_folds, q, k + 1, k + 1))
+    moments[:, :, 0, 0] = counts[:, None]
+    moments[:, :, 0, 1:] = moments[:, :, 1:, 0] = sums.transpose(0, 2, 1)
+    moments[:, :, 1:, 1:] = symmetric(products).transpose(0, 3, 1, 2)
+    t = np.zeros((k + 1, k + 1))
+    t[0, 0] = 1.0
+    t[1 : r + 1, 1 : r + 1] = np.eye(r) - 1.0 / r
+    t[1 : r + 1, r + 1] = 1.0
+    t[r + 1, 1 : r + 1] = -1.0 / r
+    return np.einsum("ij,fqjk,lk->fqil", t, moments, t)
 
 
 def accumulate(
@@ -92,34 +109,39 @@ def accumulate(
     """
     n, p, _ = truth.shape
     r, q = len(predictions), 2 * p
-    point = np.zeros((n_folds, q, r + 2, r + 2))
-    resid = np.zeros((n_folds, q + 1, q + 1)) if shape else None
-    grams = np.zeros((n_folds, p, r, r))
+    sums = np.zeros((n_folds, r + 1, q))  # of v = [x_1 - y, ..., x_R - y, m - ref], per coordinate
+    products = np.zeros((n_folds, r + 1, r + 1, q))  # of v_i * v_j, upper triangle (add_products)
+    resid = np.zeros((n_folds, q + 1, q + 1)) if shape else None  # lower triangle until the end
     ref = None
-    for rows in row_chunks(n, 8 * q * (2 * r + 4)):
-        x = stack_chunk(predictions, rows)  # n, Q, R
-        y = np.asarray(truth[rows], dtype=np.float64).reshape(-1, q)
-        m = x.mean(axis=-1)
-        if ref is None:
-            ref = m.mean(axis=0)
-        z = np.concatenate([np.ones(x.shape[:2] + (1,)), x - ref[:, None], (y - m)[..., None]], axis=-1)
-        fold = folds[rows]
-        if shape:
-            _, scale = frame(m.reshape(-1, p, 2))
-            v = np.concatenate([scale[:, None], y - m], axis=1)
-        for f in np.unique(fold):
-            mask = fold == f
-            zf = np.ascontiguousarray(z[mask].transpose(1, 2, 0))  # Q, R+2, rows
-            point[f] += zf @ zf.transpose(0, 2, 1)
-            if shape:
-                vf = v[mask]
-                resid[f] += vf.T @ vf  # one operand twice: numpy computes half of it (syrk)
-        grams += fold_point_grams([x[..., i].reshape(-1, p, 2) for i in range(r)], y.reshape(-1, p, 2), fold, n_folds)
+    step = rows_per_chunk(8 * q * (r + 3))
+    buffer = np.empty((min(len(folds), step), q + 1)) if shape else None
+    for chunk in fold_chunks(predictions, truth, folds, step):
+        for f, rows in chunk.groups:
+            sv = buffer[: rows.stop - rows.start] if shape else None  # [s, y - m] of the fold's rows
+            for block, x, y in chunk.blocks(rows):
+                m = x.mean(axis=0)
+                if ref is None:
+                    ref = m.mean(axis=0)
+                v = np.empty((r + 1, len(y), q))
+                np.subtract(x, y, out=v[:r])
+                np.subtract(m, ref, out=v[r])
+                sums[f] += v.sum(axis=1)
+                add_products(products[f], v)
+                if shape:
+                    at = slice(block.start - rows.start, block.stop - rows.start)
+                    sv[at, 0] = frame(m.reshape(-1, p, 2))[1]
+                    np.subtract(y, m, out=sv[at, 1:])
+            if shape:  # resid[f] += sv.T @ sv in place, one triangle (the upper one of its Fortran-order transpose)
+                dsyrk(1.0, sv.T, beta=1.0, c=resid[f].T, overwrite_c=1)
+    if shape:
+        upper = np.triu_indices(q + 1, 1)
+        resid[:, upper[0], upper[1]] = resid[:, upper[1], upper[0]]
+    counts = np.bincount(folds, minlength=n_folds)
     return FoldStats(
         folds=tuple(range(n_folds)),
-        rows=np.bincount(folds, minlength=n_folds),
+        rows=counts,
         ref=np.zeros(q) if ref is None else ref,
-        point=point,
+        point=_point_moments(counts, sums, products),
         resid=resid,
-        grams=grams,
+        grams=point_grams(products[:, :r, :r]),
     )

@@ -19,10 +19,10 @@ from kit.data.dataset import ConcatCrops, CropDataset, RawCropBatches, keep_batc
 from kit.data.gpu_augment import make_batch_transform
 from kit.data.prepare import CropCache
 from kit.errors import KitError
-from kit.metrics import landmark_scores, mse
+from kit.io import read_rows
+from kit.metrics import landmark_scores
 from kit.models import create_model
 from kit.models.base import LandmarkModel
-from kit.predict.tta import inference_loader, predict_points
 from kit.predict.tta import predict_original as _predict_original
 from kit.progress import Reporter, SilentReporter
 from kit.runs import EpochStats, FoldSummary, Identity, Numerics, RunDir
@@ -196,24 +196,20 @@ def train_fold(
     valid_rows = np.flatnonzero(data.folds == fold)
     n_points = data.points.shape[1]
 
-    pseudo = data.pseudo.for_fold(fold) if data.pseudo is not None else None
+    pseudo = None
+    if data.pseudo is not None:
+        with reporter.progress(data.pseudo.n_test, f"fold {fold} pseudo-labels") as advance:
+            pseudo = data.pseudo.for_fold(fold, advance)
     if pseudo is not None and data.test_cache.corrupt:
         pseudo = (np.setdiff1d(pseudo[0], data.test_cache.corrupt), pseudo[1])
     loader, sampler = train_loader(pipeline, data, train_rows, device, seed, dist, pseudo)
     steps_per_epoch = len(loader)
     if cfg.max_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
-    valid_loader = inference_loader(
-        CropDataset(data.train_cache, valid_rows), cfg.batch_size * 2, device, cfg.num_workers
-    )
 
     model = create_model(pipeline, n_points)
     # Mean training shape in model-input pixels (the centre crop): the regression head starts there.
-    model.set_mean_shape(
-        torch.from_numpy(
-            data.train_cache.to_cache(data.points[train_rows], train_rows).mean(axis=0) - data.train_cache.pad
-        )
-    )
+    model.set_mean_shape(torch.from_numpy(loader.dataset.points.mean() - data.train_cache.pad))
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -269,7 +265,7 @@ def train_fold(
         seed + 1000 * dist.rank,
         geometry_on_device=pipeline.augment.gpu,
     )
-    truth = data.points[valid_rows]
+    truth = read_rows(data.points, valid_rows)
     for epoch in range(start_epoch, cfg.epochs):
         progress, partial = partial or EpochProgress(), None
         sampler.set_epoch(epoch, skip=progress.next_step * cfg.batch_size)
@@ -299,9 +295,9 @@ def train_fold(
         if dist.is_main:
             valid_start = time.perf_counter()
             eval_model = ema.module if ema is not None else model
-            points = predict_points(eval_model, valid_loader, device, cfg.amp, cfg.channels_last)
-            original = data.train_cache.to_original(points, valid_rows)
-            valid_mse = mse(original, truth)
+            original = predict_original(eval_model, data.train_cache, valid_rows, pipeline, device, None)
+            scores = landmark_scores(original, truth, data.nme_points)
+            valid_mse = scores.mse
             if not np.isfinite(valid_mse):
                 raise NonFiniteLoss(
                     f"fold {fold} epoch {epoch + 1}: validation predictions are not finite; lower "
@@ -314,7 +310,7 @@ def train_fold(
                 train_images=progress.images,
                 train_seconds=progress.seconds,
                 valid_mse=valid_mse,
-                valid_nme=landmark_scores(original, truth, data.nme_points).nme,
+                valid_nme=scores.nme,
                 valid_seconds=time.perf_counter() - valid_start,
                 images_per_second=progress.images * dist.world_size / max(progress.seconds, 1e-9),
             )
@@ -352,7 +348,7 @@ def train_fold(
         scores = landmark_scores(oof, truth, data.nme_points)
         summary = FoldSummary(
             fold=fold,
-            mse=mse(oof, truth),
+            mse=scores.mse,
             nme=scores.nme,
             failure_rate=scores.failure_rate,
             best_epoch=best["epoch"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,20 +18,43 @@ import numpy as np
 from kit.config import Pipeline, PseudoConfig
 from kit.data.competition import Competition
 from kit.errors import KitError
+from kit.io import chunk_rows, read_rows
 from kit.runs import LABELS_CHANGED, SplitInfo
 
 
 @dataclass(frozen=True)
 class PseudoLabels:
-    """Per fold, the test rows kept and their labels (original pixels), from the fold-k models of the sources."""
+    """Per fold, the test rows kept and their labels (original pixels), from the fold-k models of the sources.
 
-    rows: dict[int, np.ndarray]  # fold -> test row indices kept
-    points: dict[int, np.ndarray]  # fold -> (M_test, P, 2) labels (every test row; the kept ones are used)
+    A fold's labels are made when it asks for them (``for_fold``): one fold's are held at a time, whatever k.
+    """
+
+    members: tuple  # the source runs and their weights (kit.predict.infer.Member)
+    n_points: int
+    n_test: int
+    max_spread: float | None  # keep the test rows whose RMS spread of the runs' predictions is at most this (px)
     weight: float  # fraction of the kept rows drawn into each epoch
     sources: tuple[str, ...]  # the source runs (the pseudo-labelled run's lineage)
 
-    def for_fold(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.rows[fold], self.points[fold]
+    def for_fold(self, fold: int, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The kept test rows and (M_test, P, 2) float32 labels (every test row) of fold ``fold``: the weighted
+        fold-k test predictions of the sources, read in row chunks (``progress(rows)`` after each)."""
+        tests = [member.run.fold_predictions(fold, self.n_points)[1] for member in self.members]
+        weights = np.stack([np.broadcast_to(np.asarray(m.weight, np.float64), (self.n_points,)) for m in self.members])
+        weights = weights[:, None, :, None]  # R, 1, P, 1
+        labels = np.empty((self.n_test, self.n_points, 2), dtype=np.float32)
+        spread = np.zeros(self.n_test)
+        step = max(1, chunk_rows(labels) // len(tests))
+        for start in range(0, self.n_test, step):
+            rows = slice(start, min(self.n_test, start + step))
+            stack = np.stack([read_rows(test, rows, np.float64) for test in tests])  # R, rows, P, 2
+            labels[rows] = (weights * stack).sum(axis=0)
+            if self.max_spread is not None:
+                spread[rows] = np.sqrt(stack.var(axis=0).sum(axis=-1).mean(axis=-1))  # RMS over points of the spread
+            if progress is not None:
+                progress(rows.stop - rows.start)
+        keep = np.arange(self.n_test) if self.max_spread is None else np.flatnonzero(spread <= self.max_spread)
+        return keep, labels
 
 
 def _members(source: Path):
@@ -78,40 +102,38 @@ def resolve(pipeline: Pipeline) -> Pipeline:
 
 
 def load_pseudo_labels(cfg: PseudoConfig, comp: Competition, split: SplitInfo, k: int) -> PseudoLabels:
-    """Fold k's labels: the weighted fold-k test predictions of the source runs, filtered by their spread.
+    """The pseudo-labels of every fold, once the source runs are checked: each fold's are made when it trains.
 
     Raises:
-        KitError: a source run was trained on another split, or lacks a fold.
+        KitError: a source run was trained on another split, lacks a fold, or predicted other test rows.
     """
     members = _members(Path(cfg.source))
-    rows, points = {}, {}
-    for fold in range(k):
-        predictions, weights = [], []
-        for member in members:
-            run_split = member.run.read_split()
-            changed = run_split.first_difference(split)
-            if changed == "labels_sha256":
-                raise KitError(
-                    f"{member.run.path}: trained on other labels than {comp.train_csv} ({LABELS_CHANGED}); "
-                    "pseudo-labels must come from models of these labels: retrain the source"
-                )
-            if changed is not None:
-                raise KitError(
-                    f"{member.run.path}: trained on other data or folds than {comp.root} ({changed} "
-                    "differs); pseudo-labels must come from the same split"
-                )
+    for member in members:
+        run_split = member.run.read_split()
+        changed = run_split.first_difference(split)
+        if changed == "labels_sha256":
+            raise KitError(
+                f"{member.run.path}: trained on other labels than {comp.train_csv} ({LABELS_CHANGED}); "
+                "pseudo-labels must come from models of these labels: retrain the source"
+            )
+        if changed is not None:
+            raise KitError(
+                f"{member.run.path}: trained on other data or folds than {comp.root} ({changed} "
+                "differs); pseudo-labels must come from the same split"
+            )
+        for fold in range(k):
             if member.run.read_fold(fold) is None:
                 raise KitError(f"{member.run.fold_dir(fold)}: fold {fold} is not finished")
-            predictions.append(np.asarray(member.run.fold_predictions(fold, comp.n_points)[1], np.float64))
-            weights.append(np.broadcast_to(np.asarray(member.weight, np.float64), (comp.n_points,)))
-        stack = np.stack(predictions)  # R, M, P, 2
-        w = np.stack(weights)[:, None, :, None]  # R, 1, P, 1
-        points[fold] = (w * stack).sum(axis=0).astype(np.float32)
-        keep = np.arange(len(comp.test))
-        if cfg.max_spread is not None:
-            spread = np.sqrt(stack.var(axis=0).sum(axis=-1).mean(axis=-1))  # RMS over points of the runs' spread
-            keep = np.flatnonzero(spread <= cfg.max_spread)
-        rows[fold] = keep
+            test = member.run.fold_predictions(fold, comp.n_points)[1]
+            if len(test) != len(comp.test):
+                raise KitError(
+                    f"{member.run.fold_dir(fold)}: {len(test)} test rows, {comp.test_csv} has {len(comp.test)}"
+                )
     return PseudoLabels(
-        rows=rows, points=points, weight=cfg.weight, sources=tuple(str(m.run.path.resolve()) for m in members)
+        members=tuple(members),
+        n_points=comp.n_points,
+        n_test=len(comp.test),
+        max_spread=cfg.max_spread,
+        weight=cfg.weight,
+        sources=tuple(str(m.run.path.resolve()) for m in members),
     )

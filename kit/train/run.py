@@ -239,6 +239,7 @@ def assemble(
         data.nme_points,
         identity=identity,
         allow_mixed=allow_mixed,
+        progress=reporter.progress,
     )
     if metrics is None:
         done = run.finished_folds(int(data.folds.max()) + 1)

@@ -335,3 +335,27 @@ def test_batch_transform_checks_its_inputs():
     transform = make_batch_transform(cfg, SIZE, (0, 0, 0), (1, 1, 1), False, None, torch.device("cpu"), 0, False)
     with pytest.raises(ValueError, match="32 x 32"):
         transform(torch.zeros(2, SIDE, SIDE, 3, dtype=torch.uint8), torch.zeros(2, 3, 2))
+
+
+def test_cache_points_convert_memory_mapped_labels_when_read(tmp_path, monkeypatch):
+    import kit.io
+    from kit.data.dataset import CachePoints
+
+    rng = np.random.default_rng(0)
+    labels = rng.uniform(0, 300, (23, 5, 2)).astype(np.float32)
+    np.save(tmp_path / "labels.npy", labels)
+    np.save(tmp_path / "images.npy", np.zeros((23, SIDE, SIDE, 3), np.uint8))
+    transforms = np.tile(np.eye(2, 3), (23, 1, 1)) * rng.uniform(0.1, 0.3, (23, 1, 1))
+    transforms[:, :, 2] = rng.uniform(-20, 20, (23, 2))
+    np.save(tmp_path / "transforms.npy", transforms)
+    cache = CropCache(path=tmp_path, size=SIZE, pad=PAD)
+    rows = np.array([20, 3, 4, 9, 0, 17, 11])
+    expected = cache.to_cache(labels[rows], rows)
+    points = CachePoints(cache, np.load(tmp_path / "labels.npy", mmap_mode="r"), rows)
+    np.testing.assert_array_equal(points[2], expected[2])
+    np.testing.assert_array_equal(points[np.array([5, 1])], expected[[5, 1]])
+    monkeypatch.setattr(kit.io, "CHUNK_BYTES", 3 * 5 * 2 * 4)  # 3 rows a chunk
+    mean = points.mean()
+    assert mean.dtype == np.float32
+    np.testing.assert_array_equal(mean, expected.mean(axis=0))  # bit for bit: the model's first mean shape
+    np.testing.assert_array_equal(CropDataset(cache, rows, labels)[6][1], expected[6] - PAD)

@@ -238,7 +238,7 @@ CORRUPTIONS = [
 def test_check_rejects_malformed_input(make_competition, corrupt, where, message):
     comp = make_competition(n_train=6, n_test=3, n_points=12, n_requested=4)
     corrupt(comp)
-    result = kit("check", comp.root)
+    result = kit("check", comp.root, "--decode")
     assert result.exit_code == 1
     line = error_line(result)
     assert where in line and message in line, line
@@ -392,6 +392,22 @@ def test_check_refuses_huge_images_from_their_header(make_competition, monkeypat
     assert len(decoded) == (3 if decode == "--decode" else 0)
 
 
+def test_check_reads_headers_by_default_and_says_so(make_competition, monkeypatch):
+    comp = make_competition(n_train=6, n_test=3, n_points=12, n_requested=4)
+    comp.test_image(2).write_bytes(corrupt_jpeg())  # only a decode finds it
+    decoded = watch_decoding(monkeypatch)
+    result = kit("check", comp.root)
+    assert result.exit_code == 0, result.stderr
+    assert decoded == []
+    assert "images       9 headers read; pass --decode to decode every image" in result.stdout
+    result = kit("check", comp.root, "--decode")
+    assert result.exit_code == 1 and "corrupt image data" in error_line(result)
+    comp.test_image(2).write_bytes(comp.train_image(0).read_bytes())
+    result = kit("check", comp.root, "--decode")
+    assert result.exit_code == 0, result.stderr
+    assert "images       all 9 decoded" in result.stdout and len(decoded) == 9 * 2
+
+
 def test_pixel_limit_from_option_and_environment(make_competition, monkeypatch):
     comp = make_competition(n_train=6, n_test=3, n_points=12, n_requested=4)  # 40x48 images: 1920 pixels
     assert kit("check", comp.root, "--max-pixels", 1920).exit_code == 0
@@ -428,11 +444,11 @@ def test_check_decodes_in_worker_processes_for_many_images(make_competition, mon
     monkeypatch.setattr(check_module, "_POOL_MIN_IMAGES", 2)
     monkeypatch.setattr(check_module, "_POOL_CHUNK", 2)
     comp = make_competition(n_train=6, n_test=3, n_points=12, n_requested=4)
-    result = kit("check", comp.root)
+    result = kit("check", comp.root, "--decode")
     assert result.exit_code == 0, result.stderr
     assert "40x48 to 40x48 (HxW)" in result.stdout
     comp.train_image(4).write_bytes(corrupt_jpeg(seed=1))
-    result = kit("check", comp.root)
+    result = kit("check", comp.root, "--decode")
     assert result.exit_code == 1
     assert f"{comp.train_image(4)}: corrupt image data (decoder: Corrupt JPEG data" in error_line(result)
 
@@ -473,3 +489,19 @@ def test_check_on_synth_with_two_wild_rows(tmp_path):
     worst = line.split("worst rows: ")[1]
     assert worst.startswith(f"{names[3]} (20 points, up to ") or worst.startswith(f"{names[41]} (20 points, up to ")
     assert f"{names[3]} (20 points" in worst and f"{names[41]} (20 points" in worst
+
+
+def test_points_outside_read_in_row_chunks_of_a_memory_map(tmp_path):
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-20, 60, (11, 7, 2)).astype(np.float32)
+    sizes = rng.integers(30, 50, (11, 2))
+    np.save(tmp_path / "points.npy", points)
+    mapped = np.load(tmp_path / "points.npy", mmap_mode="r")
+    x, y = points[..., 0].astype(np.float64), points[..., 1].astype(np.float64)
+    h, w = sizes[:, :1], sizes[:, 1:]
+    distance = np.maximum.reduce([-x, x - (w - 1), -y, y - (h - 1)])
+    for chunk in (None, 1, 4):
+        counts, farthest = check_module._points_outside(mapped, sizes, chunk)
+        np.testing.assert_array_equal(counts, (distance > 0).sum(axis=1))
+        np.testing.assert_allclose(farthest, distance.max(axis=1, initial=0.0), rtol=1e-6)
+    assert 0 < counts.sum() < points[..., 0].size

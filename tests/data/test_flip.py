@@ -181,3 +181,18 @@ def test_derives_the_ibug_68_point_map(seed):
         expected[a], expected[b] = b, a
     perm = derive_flip_permutation(shapes)
     assert int((perm != expected).sum()) == 0, np.flatnonzero(perm != expected)
+
+
+def test_mean_shape_in_chunks_and_of_a_sample(monkeypatch, tmp_path):
+    import kit.data.flip as flip_module
+
+    rng = np.random.default_rng(3)
+    layout, _ = symmetric_layout(30, rng)
+    shapes = random_poses(layout, 50, rng, max_angle=20.0, scale=(60.0, 120.0), noise=0.5).astype(np.float32)
+    np.save(tmp_path / "shapes.npy", shapes)
+    mapped = np.load(tmp_path / "shapes.npy", mmap_mode="r")
+    whole = mean_shape(shapes)
+    monkeypatch.setattr(flip_module, "_CHUNK", 7)
+    np.testing.assert_allclose(mean_shape(mapped), whole, atol=1e-12)
+    every_other = shapes[np.linspace(0, 49, 25).astype(int)]
+    np.testing.assert_allclose(mean_shape(mapped, max_shapes=25), mean_shape(every_other), atol=1e-12)

@@ -162,3 +162,24 @@ def test_force_replaces_a_run_only_once_the_new_one_is_complete(finished_run, mo
     monkeypatch.undo()
     again = repredict(run_dir, data, name="hm-replaced", tta="hflip", force=True)
     assert load_run(again.run_dir).metrics.tta == {"hflip": True}
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_predict_original_fills_batch_by_batch_what_whole_array_mapping_gives(make_competition, flip):
+    import torch
+
+    from kit.data.dataset import CropDataset
+    from kit.data.prepare import prepare_crops
+    from kit.models import create_model
+    from kit.predict.tta import inference_loader, predict_original, predict_points
+
+    comp = Competition.load(make_competition(n_train=7, n_test=2, n_points=20, size=(48, 40)).root)
+    cache = prepare_crops(comp, "train", 32, 0.0, 4)
+    model = create_model(pipeline_from_dict({**TINY_HEATMAP, "model": {"backbone": "test_resnet"}}), 20)
+    perm = np.arange(20)[::-1].copy() if flip else None
+    rows = np.array([6, 0, 3, 4, 1])
+    device = torch.device("cpu")
+    whole = predict_points(model, inference_loader(CropDataset(cache, rows), 2, device), device, False, False, perm)
+    assert whole.shape == (5, 20, 2) and whole.dtype == np.float32
+    batched = predict_original(model, cache, rows, device, 2, False, False, perm)
+    np.testing.assert_array_equal(batched, cache.to_original(whole, rows))

@@ -87,12 +87,14 @@ def test_blend_sources_are_weighted_and_filtered_by_their_spread(source, tmp_pat
     pipeline = resolve(_load(tmp_path, "p", [f"pseudo.source={tmp_path / 'blend.json'}"]))
     labels = load_pseudo_labels(pipeline.pseudo, comp, SplitInfo.of(comp), 2)
     for fold in (0, 1):
-        np.testing.assert_allclose(labels.points[fold], 1000.0 * (fold + 1) + 0.75)
+        np.testing.assert_allclose(labels.for_fold(fold)[1], 1000.0 * (fold + 1) + 0.75)
     # The runs disagree by 1 px in x and y everywhere: a spread of sqrt(0.25 + 0.25) = 0.71 px.
     strict = resolve(_load(tmp_path, "p", [f"pseudo.source={tmp_path / 'blend.json'}", "pseudo.max_spread=0.6"]))
-    assert all(len(rows) == 0 for rows in load_pseudo_labels(strict.pseudo, comp, SplitInfo.of(comp), 2).rows.values())
+    strict_labels = load_pseudo_labels(strict.pseudo, comp, SplitInfo.of(comp), 2)
+    assert all(len(strict_labels.for_fold(fold)[0]) == 0 for fold in (0, 1))
     loose = resolve(_load(tmp_path, "p", [f"pseudo.source={tmp_path / 'blend.json'}", "pseudo.max_spread=0.8"]))
-    assert all(len(rows) == 8 for rows in load_pseudo_labels(loose.pseudo, comp, SplitInfo.of(comp), 2).rows.values())
+    loose_labels = load_pseudo_labels(loose.pseudo, comp, SplitInfo.of(comp), 2)
+    assert all(len(loose_labels.for_fold(fold)[0]) == 8 for fold in (0, 1))
     with pytest.raises(KitError, match=r"pseudo.max_spread: .*/a is one run"):
         resolve(_load(tmp_path, "p", [f"pseudo.source={base / 'runs' / 'a'}", "pseudo.max_spread=1"]))
 
@@ -149,3 +151,33 @@ def test_cli_names_the_run_and_it_blends_with_its_source(source, tmp_path):
         ],
     )
     assert blend.exit_code == 0, blend.output
+
+
+@pytest.mark.parametrize("max_spread", [None, 1.1])
+def test_a_folds_labels_read_in_row_chunks_equal_the_whole_array_sums(monkeypatch, max_spread):
+    from types import SimpleNamespace
+
+    import kit.io
+    from kit.train.pseudo import PseudoLabels
+
+    rng = np.random.default_rng(0)
+    tests = rng.normal(100, 1, (3, 2, 11, 4, 2)).astype(np.float32)  # run, fold, test row, point, xy
+    weights = [0.2, np.array([0.1, 0.3, 0.5, 0.7]), 0.4]  # a per-point weight too
+
+    def member(r):
+        run = SimpleNamespace(fold_predictions=lambda fold, n_points: (None, tests[r, fold]))
+        return SimpleNamespace(run=run, weight=weights[r])
+
+    labels = PseudoLabels(tuple(member(r) for r in range(3)), 4, 11, max_spread, 1.0, ("a", "b", "c"))
+    monkeypatch.setattr(kit.io, "CHUNK_BYTES", 3 * 4 * 2 * 4 * 3)  # 3 rows of the 3 runs a chunk
+    advanced = []
+    for fold in (0, 1):
+        keep, points = labels.for_fold(fold, advanced.append)
+        w = np.stack([np.broadcast_to(np.asarray(v, np.float64), (4,)) for v in weights])[:, None, :, None]
+        stack = tests[:, fold].astype(np.float64)
+        np.testing.assert_array_equal(points, (w * stack).sum(axis=0).astype(np.float32))
+        spread = np.sqrt(stack.var(axis=0).sum(axis=-1).mean(axis=-1))
+        expected = np.arange(11) if max_spread is None else np.flatnonzero(spread <= max_spread)
+        np.testing.assert_array_equal(keep, expected)
+        assert 0 < len(expected) < 11 or max_spread is None
+    assert advanced == [3, 3, 3, 2] * 2
