@@ -75,7 +75,8 @@ def _inference(pipeline, data: Path, batches: int) -> float:
     rows = np.resize(np.arange(len(comp.train)), batch * batches)
     loader = inference_loader(CropDataset(cache, rows), batch, device, pipeline.train.num_workers)
     perm = np.arange(comp.n_points) if comp.flip_permutation() is None else comp.flip_permutation()
-    predict_points(model, [next(iter(loader))], device, pipeline.train.amp, pipeline.train.channels_last, perm)
+    warm_up = inference_loader(CropDataset(cache, rows[:batch]), batch, device, 0)  # one batch
+    predict_points(model, warm_up, device, pipeline.train.amp, pipeline.train.channels_last, perm)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
