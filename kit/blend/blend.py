@@ -66,7 +66,7 @@ def _blend_test(runs: Sequence[Run], weights: np.ndarray, chunk: int = 4096) -> 
     """Weighted sum of the runs' test predictions (M, P, 2), weights (R,) or (P, R)."""
     tests = [run.test for run in runs]
     out = np.empty(tests[0].shape, dtype=np.float32)
-    for rows, x in run_blocks(tests, chunk, PREDICT_ROWS):
+    for rows, x in run_blocks(tests, chunk, PREDICT_ROWS, "test rows: blend"):
         out[rows] = blend_coordinates(x, weights).reshape(-1, *out.shape[1:])
     return out
 

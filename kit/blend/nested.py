@@ -44,7 +44,9 @@ def fold_point_grams(
     n, p, _ = truth.shape
     r = len(predictions)
     products = np.zeros((n_folds, r, r, 2 * p))
-    for chunk in fold_chunks(predictions, truth, folds, chunk_rows(8 * 2 * p * (r + 1), CHUNK_BYTES)):
+    for chunk in fold_chunks(
+        predictions, truth, folds, chunk_rows(8 * 2 * p * (r + 1), CHUNK_BYTES), "OOF rows: blend statistics"
+    ):
         for f, rows in chunk.groups:
             for _, x, y in chunk.blocks(rows):
                 add_products(products[f], x - y)
@@ -144,7 +146,7 @@ def face_nme(
     r = len(predictions)
     runs = np.empty((r, n))
     out = {name: np.empty(n) for name in ensembles}
-    for chunk in fold_chunks(predictions, truth, folds, chunk_rows(8 * 2 * p * (r + 4), CHUNK_BYTES)):
+    for chunk in fold_chunks(predictions, truth, folds, chunk_rows(8 * 2 * p * (r + 4), CHUNK_BYTES), "OOF rows: NME"):
         for f, rows in chunk.groups:
             for block, x, y in chunk.blocks(rows, PREDICT_ROWS):
                 where = chunk.rows[block]

@@ -11,8 +11,10 @@ views, never masked copies. The pages of memory-mapped inputs are released as ea
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,17 +64,47 @@ def read_runs(
     return out
 
 
+Progress = Callable[[int, str], AbstractContextManager[Callable[[int], None]]]
+_progress: ContextVar[Progress | None] = ContextVar("row_pass_progress", default=None)
+
+
+@contextlib.contextmanager
+def report_passes(progress: Progress | None) -> Iterator[None]:
+    """Within the block, every pass over the rows (``fold_chunks``, ``run_blocks``) shows a bar made by
+    ``progress(total rows, description)``, which yields ``advance(rows)``; None shows nothing."""
+    token = _progress.set(progress)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
+
+
+@contextlib.contextmanager
+def _pass(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    progress = _progress.get()
+    if progress is None:
+        yield lambda rows: None
+        return
+    with progress(total, description) as advance:
+        yield advance
+
+
 def chunk_rows(row_bytes: int, chunk_bytes: int) -> int:
     """Rows in a chunk of about ``chunk_bytes`` at ``row_bytes`` a row, at least one."""
     return max(1, chunk_bytes // max(1, row_bytes))
 
 
 def fold_chunks(
-    predictions: Sequence[np.ndarray], truth: np.ndarray, folds: np.ndarray, rows_per_chunk: int
+    predictions: Sequence[np.ndarray],
+    truth: np.ndarray,
+    folds: np.ndarray,
+    rows_per_chunk: int,
+    description: str = "OOF rows",
 ) -> Iterator[RowChunk]:
     """Every training row once, in chunks of ``rows_per_chunk`` consecutive rows, each grouped by fold.
 
-    Each chunk's arrays are overwritten by the next one's.
+    Each chunk's arrays are overwritten by the next one's. The pass shows progress (``report_passes``) as
+    ``description``.
 
     Args:
         predictions: R arrays (N, P, 2), e.g. memory-mapped OOF predictions.
@@ -83,33 +115,40 @@ def fold_chunks(
     # One buffer for every chunk: a fresh one would be paged in again each time.
     x_buffer = np.empty((len(predictions), size, q), dtype=np.result_type(*predictions))
     y_buffer = np.empty((size, q), dtype=truth.dtype)
-    for start in range(0, n, rows_per_chunk):
-        stop = min(n, start + rows_per_chunk)
-        fold = np.asarray(folds[start:stop])
-        order = np.argsort(fold, kind="stable")
-        present, first = np.unique(fold[order], return_index=True)
-        bounds = [*first.tolist(), stop - start]
-        groups = tuple((int(f), slice(bounds[i], bounds[i + 1])) for i, f in enumerate(present))
-        if (np.diff(fold) >= 0).all():
-            order = None  # already grouped: read the rows as they are
-        x = read_runs(predictions, start, stop, order, x_buffer[:, : stop - start])
-        y = read_runs([truth], start, stop, order, y_buffer[None, : stop - start])[0]
-        yield RowChunk(np.arange(start, stop) if order is None else start + order, x, y, groups)
+    with _pass(n, description) as advance:
+        for start in range(0, n, rows_per_chunk):
+            stop = min(n, start + rows_per_chunk)
+            fold = np.asarray(folds[start:stop])
+            order = np.argsort(fold, kind="stable")
+            present, first = np.unique(fold[order], return_index=True)
+            bounds = [*first.tolist(), stop - start]
+            groups = tuple((int(f), slice(bounds[i], bounds[i + 1])) for i, f in enumerate(present))
+            if (np.diff(fold) >= 0).all():
+                order = None  # already grouped: read the rows as they are
+            x = read_runs(predictions, start, stop, order, x_buffer[:, : stop - start])
+            y = read_runs([truth], start, stop, order, y_buffer[None, : stop - start])[0]
+            yield RowChunk(np.arange(start, stop) if order is None else start + order, x, y, groups)
+            advance(stop - start)
 
 
-def run_blocks(arrays: Sequence[np.ndarray], rows_per_chunk: int, size: int) -> Iterator[tuple[slice, np.ndarray]]:
+def run_blocks(
+    arrays: Sequence[np.ndarray], rows_per_chunk: int, size: int, description: str = "test rows"
+) -> Iterator[tuple[slice, np.ndarray]]:
     """``(rows, x)`` for every row of R arrays (N, P, 2) in order, ``size`` rows at a time: x (R, b, 2P) float64.
 
-    The arrays are read ``rows_per_chunk`` rows at a time (``read_runs``).
+    The arrays are read ``rows_per_chunk`` rows at a time (``read_runs``); the pass shows progress
+    (``report_passes``) as ``description``.
     """
     n = len(arrays[0])
     buffer = np.empty((len(arrays), min(n, rows_per_chunk), 2 * arrays[0].shape[1]), dtype=np.result_type(*arrays))
-    for start in range(0, n, rows_per_chunk):
-        stop = min(n, start + rows_per_chunk)
-        x = read_runs(arrays, start, stop, out=buffer[:, : stop - start])
-        for first in range(0, x.shape[1], size):
-            block = x[:, first : first + size].astype(np.float64)
-            yield slice(start + first, start + first + block.shape[1]), block
+    with _pass(n, description) as advance:
+        for start in range(0, n, rows_per_chunk):
+            stop = min(n, start + rows_per_chunk)
+            x = read_runs(arrays, start, stop, out=buffer[:, : stop - start])
+            for first in range(0, x.shape[1], size):
+                block = x[:, first : first + size].astype(np.float64)
+                yield slice(start + first, start + first + block.shape[1]), block
+            advance(stop - start)
 
 
 def add_products(out: np.ndarray, vectors: Sequence[np.ndarray]) -> None:

@@ -15,6 +15,7 @@ from kit.cli._common import (
     handle_errors,
     open_tracking,
     parse_nme_points,
+    progress_bar,
 )
 
 
@@ -34,12 +35,14 @@ def blend(
 ) -> None:
     """Fit blend weights on the runs' OOF predictions, score them (MSE, NME) by nested CV, write the submission."""
     from kit.blend.blend import blend_runs
+    from kit.blend.rows import report_passes
     from kit.cli._ensemble import print_ensemble
     from kit.tracking import track_ensemble
 
     pair = parse_nme_points(nme_points)
     tracker = open_tracking(track, tracking_uri, None, run_dirs[0].parent)
-    result = blend_runs(run_dirs, data, method=method, name=name, out_dir=out_dir, force=force, nme_points=pair)
+    with report_passes(progress_bar):  # each pass over the rows: a bar with rate and time left
+        result = blend_runs(run_dirs, data, method=method, name=name, out_dir=out_dir, force=force, nme_points=pair)
     track_ensemble(tracker, result.json, result.png)
     per_point = " (mean over points)" if result.method is Method.per_point else ""
     best = result.best_run

@@ -14,6 +14,7 @@ from kit.cli._common import (
     handle_errors,
     open_tracking,
     parse_nme_points,
+    progress_bar,
 )
 from kit.stack.stack import Model
 
@@ -41,13 +42,15 @@ def stack(
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Fit a stacker on the runs' OOF predictions, score it by nested CV against the best blend, write a submission."""
+    from kit.blend.rows import report_passes
     from kit.cli._ensemble import print_ensemble
     from kit.stack.stack import stack_runs
     from kit.tracking import track_ensemble
 
     pair = parse_nme_points(nme_points)
     tracker = open_tracking(track, tracking_uri, None, run_dirs[0].parent)
-    result = stack_runs(run_dirs, data, model=model, name=name, out_dir=out_dir, force=force, nme_points=pair)
+    with report_passes(progress_bar):  # each pass over the rows: a bar with rate and time left
+        result = stack_runs(run_dirs, data, model=model, name=name, out_dir=out_dir, force=force, nme_points=pair)
     track_ensemble(tracker, result.json, result.png)
     weight = "weight (mean over points)" if result.model is Model.ridge else "stage-1 weight (mean over points)"
     print_ensemble(

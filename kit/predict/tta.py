@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -72,8 +72,10 @@ def predict_original(
     channels_last: bool = True,
     flip_perm: np.ndarray | None = None,
     num_workers: int = 0,
+    advance: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Original-pixel predictions (len(rows), P, 2) float32 for ``rows`` of ``cache``.
+    """Original-pixel predictions (len(rows), P, 2) float32 for ``rows`` of ``cache``; ``advance(n)`` after each
+    batch of n images.
 
     Each batch is mapped to original pixels (``CropCache.to_original``) as it comes, into an output allocated once:
     memory stays at the output and a batch.
@@ -86,4 +88,6 @@ def predict_original(
         stop = start + len(points)
         out[start:stop] = apply_affine(points.astype(np.float64) + cache.pad, inverse[start:stop])
         start = stop
+        if advance is not None:
+            advance(len(points))
     return out[:start]

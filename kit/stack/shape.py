@@ -120,7 +120,7 @@ def shape_stats(
     step = rows_per_chunk(8 * q * (r + 1 + len(pairs)))
     e_buffer = np.empty((len(pairs), min(n, step), q))
     sg_buffer = [np.empty((min(n, step), g)) for g in sizes]
-    for chunk in fold_chunks(predictions, truth, folds, step):
+    for chunk in fold_chunks(predictions, truth, folds, step, "OOF rows: shape statistics"):
         for f, rows in chunk.groups:
             e = e_buffer[:, : rows.stop - rows.start]  # y - stage1(x) of each pair, the fold's rows
             sg = [buffer[: rows.stop - rows.start] for buffer in sg_buffer]

@@ -83,7 +83,7 @@ def predict_test(model: PointRidge | PcaRidge, runs: Sequence[Run]) -> np.ndarra
     tests = [run.test for run in runs]
     m, p, _ = tests[0].shape
     out = np.empty((m, p, 2), dtype=np.float32)
-    for rows, x in run_blocks(tests, rows_per_chunk(8 * 2 * p * len(runs)), PREDICT_ROWS):
+    for rows, x in run_blocks(tests, rows_per_chunk(8 * 2 * p * len(runs)), PREDICT_ROWS, "test rows: stack"):
         out[rows] = model.predict_runs(x).reshape(-1, p, 2)
     return out
 

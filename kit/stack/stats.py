@@ -115,7 +115,7 @@ def accumulate(
     ref = None
     step = rows_per_chunk(8 * q * (r + 3))
     buffer = np.empty((min(len(folds), step), q + 1)) if shape else None
-    for chunk in fold_chunks(predictions, truth, folds, step):
+    for chunk in fold_chunks(predictions, truth, folds, step, "OOF rows: stack statistics"):
         for f, rows in chunk.groups:
             sv = buffer[: rows.stop - rows.start] if shape else None  # [s, y - m] of the fold's rows
             for block, x, y in chunk.blocks(rows):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,8 +99,10 @@ def predict_original(
     pipeline: Pipeline,
     device: torch.device,
     flip_perm: np.ndarray | None,
+    advance: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Original-pixel predictions (len(rows), P, 2) for ``rows`` of ``cache``, with the pipeline's batch settings."""
+    """Original-pixel predictions (len(rows), P, 2) for ``rows`` of ``cache``, with the pipeline's batch settings;
+    ``advance(n)`` after each batch."""
     return _predict_original(
         model,
         cache,
@@ -110,6 +113,7 @@ def predict_original(
         pipeline.train.channels_last,
         flip_perm,
         pipeline.train.num_workers,
+        advance,
     )
 
 
@@ -339,10 +343,11 @@ def train_fold(
     if dist.is_main:
         model.load_state_dict(load_checkpoint(best_path)["model"])
         tta = data.flip_perm if pipeline.tta.hflip else None
-        oof = predict_original(model, data.train_cache, valid_rows, pipeline, device, tta)
-        test = predict_original(
-            model, data.test_cache, np.arange(len(data.test_cache.transforms())), pipeline, device, tta
-        )
+        with reporter.progress(len(valid_rows), f"fold {fold} OOF predictions") as advance:
+            oof = predict_original(model, data.train_cache, valid_rows, pipeline, device, tta, advance)
+        test_rows = np.arange(len(data.test_cache.transforms()))
+        with reporter.progress(len(test_rows), f"fold {fold} test predictions") as advance:
+            test = predict_original(model, data.test_cache, test_rows, pipeline, device, tta, advance)
         images = sum(h.train_images for h in history) * dist.world_size
         seconds = sum(h.train_seconds for h in history)
         scores = landmark_scores(oof, truth, data.nme_points)

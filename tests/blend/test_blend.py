@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from kit.blend import nested
 from kit.blend.blend import blend_runs
 from kit.blend.nested import fold_point_grams, nested_cv
+from kit.blend.rows import report_passes
 from kit.blend.weights import (
     Method,
     blend_sse,
@@ -572,3 +574,36 @@ def test_refuse_inside(tmp_path, monkeypatch):
         refuse_inside(outside, root, "--out-dir")
     with pytest.raises(KitError, match="--out-dir data/train: inside the competition folder data; write"):
         refuse_inside(Path("data/train"), Path("data"), "--out-dir")
+
+
+class _Passes:
+    """A ``report_passes`` progress that records each pass's description, total and rows advanced."""
+
+    def __init__(self):
+        self.passes: list[list] = []
+
+    @contextlib.contextmanager
+    def __call__(self, total: int, description: str):
+        entry = [description, total, 0]
+        self.passes.append(entry)
+
+        def advance(rows: int) -> None:
+            entry[2] += rows
+
+        yield advance
+
+
+def test_every_pass_over_the_rows_reports_its_progress(comp, tmp_path, monkeypatch):
+    root, truth, test_truth = comp
+    runs = noisy_runs(root, truth, test_truth, sigmas=(1.0, 1.5))
+    monkeypatch.setattr(nested, "CHUNK_BYTES", 8 * 2 * truth.shape[1] * 3 * 7)  # 7 rows a chunk: many advances
+    passes = _Passes()
+    with report_passes(passes):
+        blend_runs(runs, root, method="weights", out_dir=tmp_path / "subs")
+    names = [p[0] for p in passes.passes]
+    assert names == ["OOF rows: blend statistics", "test rows: blend", "OOF rows: NME"]
+    assert [p[1] for p in passes.passes] == [len(truth), len(test_truth), len(truth)]
+    assert all(done == total for _, total, done in passes.passes)  # every row counted once
+    passes.passes.clear()
+    blend_runs(runs, root, method="weights", out_dir=tmp_path / "subs", force=True)
+    assert passes.passes == []  # outside the block: no progress

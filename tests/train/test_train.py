@@ -1,5 +1,6 @@
 """fold-train end to end on a tiny synthetic competition: artifacts, resume after kill -9, DDP, bench."""
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from kit.cli import app
 from kit.config import load_pipeline
 from kit.data.competition import Competition
-from kit.data.folds import make_folds, write_folds
+from kit.data.folds import load_folds, make_folds, write_folds
 from kit.errors import KitError
 from kit.metrics import landmark_scores, mse
 from kit.progress import SilentReporter
@@ -59,9 +60,19 @@ def _pipeline(tmp_path: Path, name: str, extra: list[str] = ()):
 class _Messages(SilentReporter):
     def __init__(self):
         self.lines = []
+        self.bars: dict[str, list[int]] = {}  # description -> [total, rows advanced]
 
     def message(self, text: str) -> None:
         self.lines.append(text)
+
+    @contextlib.contextmanager
+    def progress(self, total: int, description: str):
+        bar = self.bars.setdefault(description, [total, 0])
+
+        def advance(n: int = 1) -> None:
+            bar[1] += n
+
+        yield advance
 
 
 def test_fold_train_writes_the_run_contract(tiny_data, tmp_path):
@@ -73,6 +84,11 @@ def test_fold_train_writes_the_run_contract(tiny_data, tmp_path):
     oof, test = np.load(run / "oof.npy"), np.load(run / "test.npy")
     assert oof.shape == (24, 100, 2) and oof.dtype == np.float32
     assert test.shape == (6, 100, 2) and test.dtype == np.float32
+    # The final predictions show progress, every image counted once: the fold's OOF rows and the test set.
+    folds = load_folds(comp.folds_csv, comp.train.file_names)
+    for fold in range(3):
+        assert reporter.bars[f"fold {fold} OOF predictions"] == [int((folds == fold).sum())] * 2
+        assert reporter.bars[f"fold {fold} test predictions"] == [6, 6]
     on_disk = json.loads((run / "metrics.json").read_text())
     assert on_disk["oof_mse"] == pytest.approx(mse(oof, comp.train.points), rel=1e-6) == metrics.oof_mse
     # NME beside the MSE, with the face size of the points asked for, in the run, each fold and the final line
