@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_runs import write_finished_folds
 from typer.testing import CliRunner
 
 from kit.cli import app
@@ -244,35 +245,29 @@ def test_an_assembler_waits_for_another_one(tmp_path):
     assert json.loads(lock.read_text())["pid"] == os.getpid()
 
 
-def _assembled(tmp_path, nme_points=None):
-    """A run written through the contract (no training): 3 folds of 4 faces, fold 1's faces 5 px off."""
-    from kit.runs import FoldSummary
-
-    rng = np.random.default_rng(0)
-    truth = rng.uniform(0, 50, (12, 5, 2)).astype(np.float32)
-    fold_of = np.arange(12) % 3
-    oof = truth.copy()
-    oof[fold_of == 1, 0] += np.array([3.0, 4.0], np.float32)  # point 0 of fold 1's faces: 5 px off
+def _recorded_run(tmp_path):
+    """An empty run of 5-point faces, recorded through the contract: (run, pipeline, split)."""
     split = SplitInfo(folds_sha256="f" * 64, train_names_sha256="a" * 64, test_names_sha256="b" * 64, n_points=5)
     path = tmp_path / "p.yaml"
     path.write_text("name: p\nmodel: {backbone: resnet18}\n")
     pipeline = load_pipeline(path)
     run = RunDir.under(tmp_path / "runs", "p")
     run.record(pipeline, split, None)
-    for fold in range(3):
-        rows = fold_of == fold
-        summary = FoldSummary(
-            fold=fold,
-            mse=float(np.mean((oof[rows] - truth[rows]) ** 2)),
-            best_epoch=0,
-            epochs=1,
-            wall_seconds=1.0,
-            images_per_second=1.0,
-            identity=Identity.of(pipeline, split),
-            n_train=8,
-            n_valid=4,
-        )
-        run.write_fold(fold, summary, oof[rows], np.zeros((2, 5, 2)))
+    return run, pipeline, split
+
+
+def _assembled(tmp_path, nme_points=None):
+    """A run written through the contract (no training): 3 folds of 4 faces, fold 1's faces 5 px off."""
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 50, (12, 5, 2)).astype(np.float32)
+    fold_of = np.arange(12) % 3
+    oof = truth.copy()
+    oof[fold_of == 1, 0] += np.array([3.0, 4.0], np.float32)  # point 0 of fold 1's faces: 5 px off
+    run, pipeline, split = _recorded_run(tmp_path)
+    write_finished_folds(
+        run, pipeline, split, fold_of, oof, np.zeros((2, 5, 2)), lambda rows: np.mean((oof - truth)[rows] ** 2)
+    )
     return run, run.assemble(pipeline, split, truth, fold_of, nme_points=nme_points), truth
 
 
@@ -298,7 +293,6 @@ def test_assembly_records_the_nme_of_the_run_and_its_folds(tmp_path, nme_points)
 def test_assembly_streams_in_row_chunks_what_a_whole_array_assembly_gives(tmp_path, monkeypatch, chunk_bytes):
     import kit.io
     from kit.metrics import landmark_scores
-    from kit.runs import FoldSummary
 
     monkeypatch.setattr(kit.io, "CHUNK_BYTES", chunk_bytes or kit.io.CHUNK_BYTES)
     rng = np.random.default_rng(1)
@@ -307,26 +301,8 @@ def test_assembly_streams_in_row_chunks_what_a_whole_array_assembly_gives(tmp_pa
     fold_of = rng.permutation(np.arange(13) % 3)  # folds interleaved irregularly
     oof = truth + rng.normal(0, 2, truth.shape).astype(np.float32)
     tests = rng.uniform(0, 50, (3, 4, 5, 2)).astype(np.float32)
-    split = SplitInfo(folds_sha256="f" * 64, train_names_sha256="a" * 64, test_names_sha256="b" * 64, n_points=5)
-    path = tmp_path / "p.yaml"
-    path.write_text("name: p\nmodel: {backbone: resnet18}\n")
-    pipeline = load_pipeline(path)
-    run = RunDir.under(tmp_path / "runs", "p")
-    run.record(pipeline, split, None)
-    for fold in range(3):
-        rows = fold_of == fold
-        summary = FoldSummary(
-            fold=fold,
-            mse=1.0,
-            best_epoch=0,
-            epochs=1,
-            wall_seconds=1.0,
-            images_per_second=1.0,
-            identity=Identity.of(pipeline, split),
-            n_train=9,
-            n_valid=int(rows.sum()),
-        )
-        run.write_fold(fold, summary, oof[rows], tests[fold])
+    run, pipeline, split = _recorded_run(tmp_path)
+    write_finished_folds(run, pipeline, split, fold_of, oof, list(tests))
     drawn = []
 
     def report(path, summaries, written, scores):

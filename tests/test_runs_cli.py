@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_runs import write_finished_folds
 from typer.testing import CliRunner
 
 from kit.cli import app
@@ -212,20 +213,7 @@ def test_with_data_a_run_of_another_normalisation_gets_its_nme_recomputed(make_c
     run = RunDir.under(tmp_path / "runs", "run")
     run.record(pipeline, split, None)
     oof = truth + np.array([3.0, 4.0], np.float32)  # every point 5 px off
-    for fold in range(3):
-        rows = fold_of == fold
-        summary = FoldSummary(
-            fold=fold,
-            mse=12.5,
-            best_epoch=0,
-            epochs=1,
-            wall_seconds=1.0,
-            images_per_second=1.0,
-            identity=Identity.of(pipeline, split),
-            n_train=6,
-            n_valid=3,
-        )
-        run.write_fold(fold, summary, oof[rows], np.zeros((len(comp.test), 6, 2)))
+    write_finished_folds(run, pipeline, split, fold_of, oof, np.zeros((len(comp.test), 6, 2)), lambda rows: 12.5)
     recorded = run.assemble(pipeline, split, truth, fold_of)  # the face box
     eyes = np.hypot(*(truth[:, 0] - truth[:, 1]).T.astype(np.float64))
 
