@@ -222,10 +222,14 @@ def release_pages(array: np.ndarray) -> None:
 CHUNK_BYTES = 32 << 20  # bytes of rows read at once by ``row_chunks``
 
 
+def rows_in(row_bytes: int, chunk_bytes: int) -> int:
+    """Rows in a chunk of about ``chunk_bytes`` at ``row_bytes`` a row, at least one."""
+    return max(1, chunk_bytes // max(1, row_bytes))
+
+
 def chunk_rows(array: np.ndarray, chunk_bytes: int | None = None) -> int:
     """Rows of ``array`` in about ``chunk_bytes`` (default ``CHUNK_BYTES``), at least one."""
-    row = array.itemsize * int(np.prod(array.shape[1:]))
-    return max(1, (chunk_bytes or CHUNK_BYTES) // max(1, row))
+    return rows_in(array.itemsize * int(np.prod(array.shape[1:])), chunk_bytes or CHUNK_BYTES)
 
 
 def read_rows(array: np.ndarray, rows, dtype=None) -> np.ndarray:

@@ -12,8 +12,9 @@ from functools import partial
 
 import numpy as np
 
-from kit.blend.rows import add_products, chunk_rows, fold_chunks, symmetric
+from kit.blend.rows import add_products, fold_chunks, symmetric
 from kit.blend.weights import Fit, Method, blend_sse, fit
+from kit.io import rows_in
 from kit.metrics import nme_per_face
 
 # An ensemble's predictions (n, Q) of rows of one fold from the runs' coordinates (R, n, Q) (Q = 2P, point-major)
@@ -45,7 +46,7 @@ def fold_point_grams(
     r = len(predictions)
     products = np.zeros((n_folds, r, r, 2 * p))
     for chunk in fold_chunks(
-        predictions, truth, folds, chunk_rows(8 * 2 * p * (r + 1), CHUNK_BYTES), "OOF rows: blend statistics"
+        predictions, truth, folds, rows_in(8 * 2 * p * (r + 1), CHUNK_BYTES), "OOF rows: blend statistics"
     ):
         for f, rows in chunk.groups:
             for _, x, y in chunk.blocks(rows):
@@ -146,7 +147,7 @@ def face_nme(
     r = len(predictions)
     runs = np.empty((r, n))
     out = {name: np.empty(n) for name in ensembles}
-    for chunk in fold_chunks(predictions, truth, folds, chunk_rows(8 * 2 * p * (r + 4), CHUNK_BYTES), "OOF rows: NME"):
+    for chunk in fold_chunks(predictions, truth, folds, rows_in(8 * 2 * p * (r + 4), CHUNK_BYTES), "OOF rows: NME"):
         for f, rows in chunk.groups:
             for block, x, y in chunk.blocks(rows, PREDICT_ROWS):
                 where = chunk.rows[block]

@@ -89,11 +89,6 @@ def _pass(total: int, description: str) -> Iterator[Callable[[int], None]]:
         yield advance
 
 
-def chunk_rows(row_bytes: int, chunk_bytes: int) -> int:
-    """Rows in a chunk of about ``chunk_bytes`` at ``row_bytes`` a row, at least one."""
-    return max(1, chunk_bytes // max(1, row_bytes))
-
-
 def fold_chunks(
     predictions: Sequence[np.ndarray],
     truth: np.ndarray,

@@ -14,7 +14,8 @@ import numpy as np
 from scipy.linalg.blas import dsyrk
 
 from kit.blend.nested import point_grams
-from kit.blend.rows import add_products, chunk_rows, fold_chunks, symmetric
+from kit.blend.rows import add_products, fold_chunks, symmetric
+from kit.io import rows_in
 
 CHUNK_BYTES = 1 << 28  # one chunk of rows and what is formed from it, counted at 8 bytes a value
 
@@ -71,7 +72,7 @@ class FoldStats:
 
 def rows_per_chunk(row_bytes: int) -> int:
     """Rows in a chunk of about ``CHUNK_BYTES`` at ``row_bytes`` a row."""
-    return chunk_rows(row_bytes, CHUNK_BYTES)
+    return rows_in(row_bytes, CHUNK_BYTES)
 
 
 def _point_moments(counts: np.ndarray, sums: np.ndarray, products: np.ndarray) -> np.ndarray:
