@@ -11,6 +11,7 @@ import pytest
 from conftest import EPOCHS, TINY, kit_command, run_kit, set_args, write_sweep
 from typer.testing import CliRunner
 
+from kit.checkpoint import load_checkpoint
 from kit.cli import app
 from kit.runs import RunDir, load_run
 from kit.sweep.local import LocalExecutor, plan_slots
@@ -154,11 +155,16 @@ def test_ctrl_c_stops_the_jobs_cleanly_and_the_same_command_continues(sweep_data
     assert stopped, "an interrupted fold keeps its resumable checkpoint"
     assert {r.state for r in read_records(tmp_path / "runs")} <= {"interrupted", "queued", "done"}
 
+    # Either job may be the one that finished an epoch: the other stopped mid-epoch and resumes inside it.
+    saved = load_checkpoint(run.checkpoint(stopped[0], "last"))
+    resumes_at = saved["epoch"] + (1 if saved["partial"] else 2)  # 1-based, as the log counts epochs
+
     done = run_kit("sweep", *args)
     assert done.returncode == 0, done.stderr
     assert load_run(run.path).metrics.oof_mse > 0
     log = log_file(tmp_path / "runs", "tiny_a", stopped[0]).read_text()
     resumed = log.split('#sweep {"event": "start"')[-1]
     first_epoch = next(line for line in resumed.splitlines() if line.startswith(f"fold {stopped[0]} epoch "))
-    assert not first_epoch.startswith(f"fold {stopped[0]} epoch 1/"), "resumed from its checkpoint"
+    assert first_epoch.startswith(f"fold {stopped[0]} epoch {resumes_at}/"), "resumed from its checkpoint"
+    assert f"fold {stopped[0]}: resuming after" in resumed
     np.testing.assert_array_equal(np.load(run.path / "oof.npy").shape, (24, 100, 2))
