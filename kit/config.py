@@ -1,6 +1,8 @@
 """Typed pipeline configs: YAML files in ``pipelines/``, validated at load, overridable from the command line.
 
-An unknown key or a wrong type is an error that names the key and the file.
+An unknown key or a wrong type is an error that names the key and the file. The ``model`` section is validated as
+the section of its family, which the model families register here (``register_family_config``) when ``kit.models``
+is imported: this module never imports them, so import ``kit.models`` before validating a pipeline.
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ DEFAULT_FAMILY = "regression"  # the model family of a pipeline that names none
 class ModelConfig(_Strict):
     """Base of the ``model`` section: each model family in ``kit.models`` derives its own, with its own fields.
 
-    The pipeline's ``model`` is validated as the class registered for its ``family`` (``register_family``).
+    The pipeline's ``model`` is validated as the class registered for its ``family`` (``register_family_config``).
     """
 
-    family: str = DEFAULT_FAMILY  # a registered model family (kit.models.list_families())
+    family: str = DEFAULT_FAMILY  # a registered model family (list_families())
     backbone: str = "resnet34"  # timm model name, or smp encoder name (e.g. tu-resnet34) for encoder-decoders
     pretrained: PretrainedConfig = Field(default_factory=PretrainedConfig)
 
@@ -84,10 +86,37 @@ def _unknown_family(family: Any, choices: list[str]) -> ValidationError:
     )
 
 
+_FAMILY_CONFIGS: dict[str, type[ModelConfig]] = {}  # family -> its ``model`` section, filled by kit.models
+
+
+def register_family_config(config: type[ModelConfig]) -> type[ModelConfig]:
+    """Validate ``model`` sections whose ``family`` is ``config``'s default as ``config``.
+
+    The model families call it (through ``kit.models.register_family``) when ``kit.models`` is imported: this module
+    never imports them.
+    """
+    family = config.model_fields["family"].default
+    if not issubclass(config, ModelConfig) or not isinstance(family, str):
+        raise TypeError(f"{config.__name__}: a family's section must be a ModelConfig with a default family")
+    _FAMILY_CONFIGS[family] = config
+    return config
+
+
+def list_families() -> list[str]:
+    """The registered model families."""
+    return sorted(_FAMILY_CONFIGS)
+
+
+def family_config(name: str) -> type[ModelConfig] | None:
+    """The config class of a registered family, or None."""
+    return _FAMILY_CONFIGS.get(name)
+
+
 def _family_section(value: Any, handler: ValidatorFunctionWrapHandler) -> ModelConfig:
     """Validate a ``model`` section as the config class of its family (a registered family's instance passes)."""
-    from kit.models import family_config, list_families  # lazily: kit.models imports this module
-
+    if not _FAMILY_CONFIGS:
+        # A programming error, not a user's: it must not pass as an invalid pipeline.
+        raise RuntimeError("no model family is registered: import kit.models before validating a pipeline")
     if isinstance(value, ModelConfig):
         if isinstance(value, family_config(value.family) or ()):
             return value

@@ -18,8 +18,6 @@ its run's is never taken as done, and the refusal names what changed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -30,17 +28,21 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict
 
-import kit
 from kit.errors import KitError
 from kit.io import npy_writer, read_json_record, read_rows, row_chunks, save_npy, write_json, write_text
 from kit.locks import acquire_lock, process_alive, release_lock, wait_for_lock
 from kit.names import check_name
+from kit.records import EpochStats as EpochStats
+from kit.records import Identity as Identity
+from kit.records import Numerics as Numerics
+from kit.records import Record as _Record
+from kit.records import SplitInfo as SplitInfo
+from kit.records import names_sha256 as names_sha256
+from kit.records import pipeline_sha256 as pipeline_sha256
 
 if TYPE_CHECKING:
     from kit.config import Pipeline
-    from kit.data.competition import Competition
 
 PIPELINE_FILE, SPLIT_FILE, METRICS_FILE, DONE_FILE = "pipeline.yaml", "split.json", "metrics.json", "done.json"
 OOF_FILE, TEST_FILE, REPORT_FILE, LOCK_FILE = "oof.npy", "test.npy", "report.png", ".lock"
@@ -49,147 +51,9 @@ ASSEMBLY_WAIT_SECONDS = 600.0  # how long an assembler waits for another one wri
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when built with it: 10x faster
 
 
-def names_sha256(file_names: np.ndarray) -> str:
-    """Content hash of an ordered list of file names (identifies the rows of a table)."""
-    return hashlib.sha256("\n".join(map(str, file_names)).encode()).hexdigest()
-
-
-def _json_sha256(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-class _Record(BaseModel):
-    # Older kits wrote extra keys: reading ignores them; every record the kit writes is complete.
-    model_config = ConfigDict(frozen=True, extra="ignore", protected_namespaces=())
-
-
-class SplitInfo(_Record):
-    """What a run's predictions are aligned with; runs can be blended only when these are equal."""
-
-    folds_sha256: str  # content hash of folds.csv
-    train_names_sha256: str  # the training rows, in order
-    test_names_sha256: str  # the test rows, in order
-    n_points: int
-    labels_sha256: str | None = None  # the parsed training points (Landmarks.digest); None: written by an older kit
-
-    @classmethod
-    def of(cls, comp: Competition) -> SplitInfo:
-        from kit.io import file_sha256
-
-        return cls(
-            folds_sha256=file_sha256(comp.folds_csv),
-            train_names_sha256=names_sha256(comp.train.file_names),
-            test_names_sha256=names_sha256(comp.test.file_names),
-            n_points=comp.n_points,
-            labels_sha256=comp.train.digest,
-        )
-
-    def to_dict(self) -> dict:
-        return self.model_dump(exclude_none=True)
-
-    def digest(self) -> str:
-        """Hash of the rows, points and folds (the labels are compared on their own, ``Identity.labels_sha256``)."""
-        return _json_sha256(self.model_dump(exclude={"labels_sha256"}))
-
-    def first_difference(self, other: SplitInfo) -> str | None:
-        """The first field that differs; labels recorded on one side only (an older kit) are not a difference."""
-        for key in type(self).model_fields:
-            mine, theirs = getattr(self, key), getattr(other, key)
-            if key == "labels_sha256" and (mine is None or theirs is None):
-                continue
-            if mine != theirs:
-                return key
-        return None
-
-
 LABELS_CHANGED = (
     "the training labels differ (landmarks.csv was edited since the run, or the run is of another competition)"
 )
-
-
-class Numerics(_Record):
-    """What changes a fold's floating-point results besides its inputs: the device and, on the CPU, the threads."""
-
-    device: str  # torch device type: cpu, cuda, mps
-    threads: int | None = None  # torch's intra-op CPU threads (OMP_NUM_THREADS, kit sweep --jobs); None on a GPU
-    deterministic: bool = False  # torch.use_deterministic_algorithms
-
-    def describe(self) -> str:
-        threads = f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads is not None else ""
-        return f"{self.device}{threads}" + (", deterministic" if self.deterministic else "")
-
-
-class Identity(_Record):
-    """What produced a fold: a fold is taken as done only by a run with the same identity.
-
-    The fields added after the first kit default to None: a fold finished by an older kit recorded neither its
-    labels nor its images, and is refused as "not recorded" rather than assumed to match.
-    """
-
-    pipeline_sha256: str  # the resolved pipeline, without its name
-    split_sha256: str  # SplitInfo.digest(): rows, points and folds
-    kit_version: str
-    labels_sha256: str | None = None  # SplitInfo.labels_sha256: the parsed training points
-    images_sha256: str | None = None  # every training and test image's content (kit.data.prepare.images_sha256)
-    numerics: Numerics | None = None  # the device and CPU threads the fold trained with
-
-    @classmethod
-    def of(
-        cls, pipeline: Pipeline, split: SplitInfo, images_sha256: str | None = None, numerics: Numerics | None = None
-    ) -> Identity:
-        return cls(
-            pipeline_sha256=pipeline_sha256(pipeline),
-            split_sha256=split.digest(),
-            kit_version=kit.__version__,
-            labels_sha256=split.labels_sha256,
-            images_sha256=images_sha256,
-            numerics=numerics,
-        )
-
-    def differences(self, other: Identity, numerics: bool = True) -> list[str]:
-        """What differs from ``other``, in words (labels, images, split, pipeline, kit version, numerics).
-
-        Args:
-            numerics: also compare the numerics (False: results of other threads or devices are accepted).
-        """
-        names = {
-            "labels_sha256": "labels",
-            "images_sha256": "images",
-            "split_sha256": "split",
-            "pipeline_sha256": "pipeline",
-            "kit_version": "kit version",
-        }
-        found = []
-        for key, name in names.items():
-            mine, theirs = getattr(self, key), getattr(other, key)
-            if mine != theirs:
-                found.append(f"{name} (not recorded by the older kit that trained it)" if mine is None else name)
-        if numerics and self.numerics != other.numerics:
-            found.append("numerics")
-        return found
-
-    def matches(self, other: Identity | None, numerics: bool = True) -> bool:
-        return other is not None and not self.differences(other, numerics)
-
-
-def pipeline_sha256(pipeline: Pipeline) -> str:
-    """Hash of the resolved pipeline without its name (a renamed copy of a run is the same training) and where it is
-    tracked (logging elsewhere trains nothing differently)."""
-    return _json_sha256(pipeline.model_dump(mode="json", exclude={"name", "tracking"}))
-
-
-class EpochStats(_Record):
-    """One epoch of one fold."""
-
-    epoch: int  # 0-based
-    epochs: int  # planned epochs
-    train_loss: float
-    train_images: int
-    train_seconds: float
-    images_per_second: float
-    valid_mse: float  # original pixels, without TTA
-    valid_seconds: float
-    valid_nme: float | None = None  # percent of the face size, without TTA (None: written by an older kit)
 
 
 class FoldScore(_Record):
@@ -336,8 +200,8 @@ def load_run(path: str | Path) -> Run:
 
 def _without_other_family_keys(tree: dict) -> dict:
     """Runs of kits before model families owned their config sections list every family's keys: drop the others."""
-    from kit.config import DEFAULT_FAMILY
-    from kit.models import family_config
+    import kit.models  # noqa: F401  (registers the families' config sections)
+    from kit.config import DEFAULT_FAMILY, family_config
 
     model = tree.get("model")
     if isinstance(model, dict):

@@ -1,15 +1,14 @@
 """``kit runs``: one row per run of a runs folder (a leaderboard of everything trained), and the diff of two runs.
 
 Reads runs only through the run contract (``kit.runs``), the sweep's job records (``RUNS/.sweep/jobs``, for the
-error of a failed job) and the blend records of a submissions folder (``NAME.json``, whose ``inputs[].path``
-name the runs they blend). A finished run's OOF NME is the one it recorded, or, given the data (``NmeReference``),
+error of a failed job) and the blend and stack records of a submissions folder (``kit.ensemble.record``, which
+name their runs). A finished run's OOF NME is the one it recorded, or, given the data (``NmeReference``),
 recomputed from its ``oof.npy`` where it recorded another normalisation (or none: an older kit).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import socket
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kit.ensemble.record import read_record
 from kit.errors import KitError
 from kit.locks import read_lock
 from kit.metrics import face_sizes, nme_per_face, nme_summary
@@ -99,18 +99,17 @@ class NmeReference:
 
 
 def blend_users(submissions_dir: str | Path) -> dict[Path, list[str]]:
-    """Resolved run path -> names of the blends in ``submissions_dir`` whose ``inputs`` include it."""
+    """Resolved run path -> names of the blends and stacks in ``submissions_dir`` made of it (files that are not
+    readable records are skipped)."""
     users: dict[Path, list[str]] = {}
     folder = Path(submissions_dir)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
+            record = read_record(path)
+        except KitError:
             continue
-        inputs = record.get("inputs") if isinstance(record, dict) else None
-        for item in inputs if isinstance(inputs, list) else []:
-            if isinstance(item, dict) and isinstance(item.get("path"), str):
-                users.setdefault(Path(item["path"]).resolve(), []).append(str(record.get("name") or path.stem))
+        for run_path in record.member_paths(path):
+            users.setdefault(run_path, []).append(record.name)
     return users
 
 
@@ -246,6 +245,7 @@ def run_row(
 
 def _row_from_records(runs_dir: Path, name: str, records: list[JobRecord], k: int | None) -> RunRow:
     """A run that a sweep tried but that has no run folder (its jobs failed before claiming it)."""
+    import kit.models  # noqa: F401  (registers the model families' config sections)
     from kit.config import load_pipeline
 
     row = RunRow(name=name, path=str(runs_dir / name), state="partial", folds_total=k)

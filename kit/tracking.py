@@ -457,12 +457,12 @@ def track_ensemble(tracker: Tracker, record_path: Path, picture: Path | None = N
     picture as artifacts, linked to the runs' own MLflow runs where the store has them."""
     if not tracker.on:
         return None
-    from kit.blend.inputs import read_ensemble_record
+    from kit.ensemble.record import read_record
 
-    record = read_ensemble_record(record_path)
+    record = read_record(record_path)
     mse, nme, failure_rate = record.cv
     inputs = []
-    for path in record.run_paths:
+    for path in record.member_paths(record_path):
         found = tracker.find({"kit.run_dir": str(path.absolute()), "kit.kind": "run"})
         if found:
             inputs.append(found)
@@ -479,9 +479,8 @@ def track_ensemble(tracker: Tracker, record_path: Path, picture: Path | None = N
     run_id = tracker.create(record.name, tags)
     metrics = {"cv_mse": mse, "cv_nme": nme, "cv_failure_rate": failure_rate}
     for item in record.runs:
-        if isinstance(item, dict) and item.get("run"):
-            metrics[f"{item['run']}.oof_mse"] = item.get("oof_mse")
-            metrics[f"{item['run']}.weight"] = item.get("weight")
+        metrics[f"{item.run}.oof_mse"] = item.oof_mse
+        metrics[f"{item.run}.weight"] = item.weight
     params = {"runs": ", ".join(record.run_names), "kind": record.kind}
     tracker.log(run_id, metrics, params=params)
     tracker.artifacts(run_id, [record_path, *([picture] if picture else [])])

@@ -5,24 +5,32 @@ The client POSTs JSON to ``/api/v1/<service>/<method>``; an upload is StartSubmi
 server binds an ephemeral port on 127.0.0.1, so it runs without root; ``route_client`` points the client's LOCALHOST
 environment at it.
 
+Datasets (``kit bundle upload``): GetDatasetStatus (404 for an unknown dataset), StartBlobUpload (a ``createUrl``
+per file, which the file is PUT to; a PUT with ``Content-Range: bytes */N`` asks how much arrived, answered 200 when
+all of it did, else 308, as a resumable upload is), then CreateDataset or CreateDatasetVersion naming the blob
+tokens. ``dataset_files(ref)`` gives what a dataset's last version received, zip archives of folders unpacked.
+
 Faults are built for real, per route (an API method name, ``PUT`` for the upload, ``GET`` for the data file):
 ``fail_502`` answers 502 a number of times before working, ``hang`` holds the request without answering (until
-``hang_s`` passes or the server shuts down), ``drop`` closes the connection without an answer (CreateSubmission
-creates the submission first), and ``interrupt`` delivers a simulated Ctrl-C to the client's main thread.
+``hang_s`` passes or the server shuts down), ``drop`` closes the connection without an answer (the create calls
+create first), and ``interrupt`` delivers a simulated Ctrl-C to the client's main thread.
 """
 
 from __future__ import annotations
 
 import _thread
 import base64
+import io
 import json
 import sys
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-API = "/api/v1/competitions.CompetitionApiService/"
+API = "/api/v1/"
+CREATING = ("CreateSubmission", "CreateDataset", "CreateDatasetVersion")  # routes that drop only after creating
 
 
 @dataclass
@@ -56,6 +64,8 @@ class FakeKaggle:
     file_names: dict[str, str] = field(default_factory=dict)  # upload token -> file name given at the start
     created: list[dict] = field(default_factory=list)
     created_at: list[str] = field(default_factory=list)
+    datasets: dict[str, list[dict]] = field(default_factory=dict)  # "owner/slug" -> its versions' create requests
+    blob_names: dict[str, str] = field(default_factory=dict)  # dataset upload token -> file name given at the start
     port: int = 0
     release: threading.Event = field(default_factory=threading.Event)  # set at shutdown: held requests end
 
@@ -73,6 +83,26 @@ class FakeKaggle:
     def count(self, call: str) -> int:
         """How many requests ``call`` (as in ``calls()``, e.g. ``"POST ListSubmissions"``) the server received."""
         return self.calls().count(call)
+
+    def dataset_files(self, ref: str, version: int = -1) -> dict[str, bytes]:
+        """The files a version of dataset ``ref`` received, by path: a zip archive ``NAME.zip`` of a folder is unpacked
+        into ``NAME/...`` (as Kaggle unpacks it)."""
+        request = self.datasets[ref][version]
+        tokens = [f["token"] for f in (request.get("body") or request).get("files", [])]
+        files = {}
+        for token in tokens:
+            name, data = self.blob_names[token], self.uploads[token]
+            if name.endswith(".zip"):
+                with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                    for member in archive.infolist():
+                        if not member.is_dir():
+                            files[f"{name.removesuffix('.zip')}/{member.filename}"] = archive.read(member)
+            else:
+                files[name] = data
+        return files
+
+
+DATASET_ROUTES = ("GetDatasetStatus", "StartBlobUpload", "CreateDataset", "CreateDatasetVersion")
 
 
 def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
@@ -125,7 +155,7 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
                 state.fail_502[route] -= 1
                 self._send(502, b"<html>Bad Gateway</html>", "text/html")
                 return True
-            if route in state.drop and route != "CreateSubmission":  # that one creates first, then drops
+            if route in state.drop and route not in CREATING:  # those create first, then drop
                 self._drop()
                 return True
             return False
@@ -136,8 +166,11 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
                 self._json(401, {"code": 401, "message": "Unauthenticated"})
                 return
             request = json.loads(body or b"{}")
-            method = self.path.removeprefix(API)
+            method = self.path.rsplit("/", 1)[-1] if self.path.startswith(API) else self.path
             if self._fault(method):
+                return
+            if method in DATASET_ROUTES:
+                self._dataset(method, request)
                 return
             if method == "StartSubmissionUpload":
                 token = f"blob-{len(state.file_names) + 1}"
@@ -173,11 +206,46 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
             else:
                 self._json(404, {"code": 404, "message": f"no method {method}"})
 
+        def _dataset(self, method: str, request: dict) -> None:
+            """The dataset routes (``kit bundle upload``)."""
+            if method == "GetDatasetStatus":
+                ref = f"{request.get('ownerSlug')}/{request.get('datasetSlug')}"
+                if ref in state.datasets:
+                    self._json(200, {"status": "READY"})
+                else:
+                    self._json(404, {"code": 404, "message": f"dataset {ref} not found"})
+            elif method == "StartBlobUpload":
+                token = f"dblob-{len(state.blob_names) + 1}"
+                state.blob_names[token] = request.get("name", "")
+                self._json(200, {"token": token, "createUrl": f"{state.url}/upload/{token}"})
+            elif method == "CreateDataset":
+                ref = f"{request.get('ownerSlug')}/{request.get('slug')}"
+                state.datasets.setdefault(ref, []).append(request)
+                if method in state.drop:
+                    self._drop()
+                    return
+                self._json(200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"})
+            else:  # CreateDatasetVersion
+                ref = f"{request.get('ownerSlug')}/{request.get('datasetSlug')}"
+                if ref not in state.datasets:
+                    self._json(404, {"code": 404, "message": f"dataset {ref} not found"})
+                    return
+                state.datasets[ref].append(request)
+                if method in state.drop:
+                    self._drop()
+                    return
+                self._json(200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"})
+
         def do_PUT(self) -> None:  # noqa: N802
             body = self._record()
             if self._fault("PUT"):
                 return
             token = self.path.rsplit("/", 1)[-1]
+            probe = self.headers.get("Content-Range", "")
+            if probe.startswith("bytes */"):  # a resumable upload asks how much arrived: all of it, or nothing
+                whole = token in state.uploads and len(state.uploads[token]) == int(probe.removeprefix("bytes */"))
+                self._send(200 if whole else 308, b"{}")
+                return
             if state.put_status in (200, 201):
                 state.uploads[token] = body
             self._send(state.put_status, b"{}")

@@ -115,6 +115,27 @@ def test_unknown_family_lists_the_registered_ones(tmp_path):
     assert str(error.value) == f"{path}: key 'model.family': unknown model family 'foo' (choose from {choices})"
 
 
+def test_a_registered_section_is_validated_by_its_family(monkeypatch):
+    import kit.config as config
+
+    class ToyConfig(config.ModelConfig):
+        family: str = "toy"
+        depth: int = 2
+
+    monkeypatch.setattr(config, "_FAMILY_CONFIGS", dict(config._FAMILY_CONFIGS))
+    assert config.register_family_config(ToyConfig) is ToyConfig and "toy" in config.list_families()
+    pipeline = pipeline_from_dict({"name": "x", "model": {"family": "toy", "depth": 3}})
+    assert type(pipeline.model) is ToyConfig and pipeline.model.depth == 3
+    with pytest.raises(KitError, match=r"^cfg: unknown key 'model\.width'$"):
+        pipeline_from_dict({"name": "x", "model": {"family": "toy", "width": 3}}, "cfg")
+
+
+def test_validating_with_no_family_registered_is_a_programming_error(monkeypatch):
+    monkeypatch.setattr("kit.config._FAMILY_CONFIGS", {})
+    with pytest.raises(RuntimeError, match="import kit.models"):
+        pipeline_from_dict({"name": "x"})
+
+
 @pytest.mark.parametrize(
     "model, key",
     [

@@ -1,11 +1,57 @@
+"""Landmark losses: the coordinate loss the pipeline names is the one training computes, and each loss's shape."""
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from kit.config import LossConfig
+from kit.config import LossConfig, pipeline_from_dict
 from kit.losses import adaptive_wing, coordinate_loss, gaussian_map_kl, wing
+from kit.models import create_model
+from kit.models.regression import to_normalised
+
+NAMES = ["mse", "l1", "smooth_l1", "wing", "adaptive_wing"]
+SIZE = 32
 
 
-@pytest.mark.parametrize("name", ["mse", "l1", "smooth_l1", "wing", "adaptive_wing"])
+def _reference(name: str, pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Each coordinate loss written out on its own, to compare the dispatch against."""
+    error = pred - target
+    if name == "mse":
+        return error.square().mean()
+    if name == "l1":
+        return error.abs().mean()
+    if name == "smooth_l1":
+        return F.smooth_l1_loss(pred, target, beta=cfg.smooth_l1_beta)
+    if name == "wing":
+        return wing(pred, target, cfg.wing_w, cfg.wing_epsilon)
+    scaled = error / cfg.awing_omega
+    zero = torch.zeros_like(scaled)
+    return adaptive_wing(scaled, zero, cfg.awing_alpha, cfg.awing_omega, cfg.awing_epsilon, cfg.awing_theta)
+
+
+def _pred_and_target() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 5, 2, generator=g) * (SIZE - 1)
+    # Errors from sub-pixel to beyond wing_w, so that no two losses agree by accident.
+    return target + torch.randn(2, 5, 2, generator=g) * 6, target
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_training_computes_the_coordinate_loss_the_pipeline_names(name):
+    pred, target = _pred_and_target()
+    pipeline = pipeline_from_dict(
+        {"name": "x", "model": {"backbone": "test_resnet"}, "input": {"size": SIZE}, "loss": {"name": name}}
+    )
+    model = create_model(pipeline, n_points=5)  # the model's loss is what the training loop calls
+    picked = model.loss(to_normalised(pred, SIZE), target, progress=0.5)
+    references = {other: float(_reference(other, pred, target, pipeline.loss)) for other in NAMES}
+    assert float(picked) == pytest.approx(references[name], rel=1e-5)
+    assert float(coordinate_loss(pred, target, pipeline.loss)) == pytest.approx(references[name], rel=1e-5)
+    others = [other for other in NAMES if other != name]
+    assert all(float(picked) != pytest.approx(references[other], rel=1e-3) for other in others), references
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_coordinate_losses_zero_at_target_and_differentiable(name):
     target = torch.rand(2, 5, 2) * 64
     assert coordinate_loss(target.clone(), target, LossConfig(name=name)).item() == pytest.approx(0.0, abs=1e-6)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from fake_runs import write_finished_folds
+from tiny import set_args, tiny_settings
 from typer.testing import CliRunner
 
 from kit.cli import app
@@ -28,21 +29,7 @@ from kit.synth import generate_competition
 from kit.train import fold_train
 from kit.train.run import run_identity
 
-TINY = [
-    "model.backbone=test_resnet",
-    "input.size=32",
-    "input.pad=4",
-    "train.batch_size=8",
-    "train.epochs=1",
-    "train.num_workers=0",
-    "train.report_images=0",
-    "augment.blur=0",
-    "augment.noise=0",
-]
-
-
-def _set_args(extra=()):
-    return sum((["--set", s] for s in [*TINY, *extra]), [])
+TINY = tiny_settings()
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +91,7 @@ def test_cli_refuses_an_escaping_run_name(data, tmp_path):
     path, _ = _pipeline(tmp_path, "p")
     out = tmp_path / "deep" / "runs"
     result = CliRunner().invoke(
-        app, ["fold-train", str(path), "--data", str(data), "--out", str(out), *_set_args(["name=../../escape"])]
+        app, ["fold-train", str(path), "--data", str(data), "--out", str(out), *set_args([*TINY, "name=../../escape"])]
     )
     assert result.exit_code == 1
     assert "run name '../../escape'" in result.output and "no folders" in result.output
@@ -124,7 +111,7 @@ def test_bad_pipeline_fails_before_any_work_and_the_fix_starts_cleanly(data, tmp
     root = _fresh_copy(data, tmp_path)
     path, _ = _pipeline(tmp_path, "p")
     out = tmp_path / "runs"
-    command = ["fold-train", str(path), "--data", str(root), "--out", str(out), *_set_args()]
+    command = ["fold-train", str(path), "--data", str(root), "--out", str(out), *set_args(TINY)]
     result = CliRunner().invoke(app, [*command, *bad])
     assert result.exit_code == 1 and message in result.output, result.output
     assert _derived(root) == [] and not out.exists()  # no flip file, no caches, no claimed run
@@ -185,7 +172,7 @@ def test_second_fold_train_on_the_same_run_is_refused_while_the_first_runs(data,
         str(data),
         "--out",
         str(tmp_path / "runs"),
-        *_set_args(["train.epochs=200"]),
+        *set_args([*TINY, "train.epochs=200"]),
     ]
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lock = tmp_path / "runs" / "locked" / "fold0" / ".lock"

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ensemble_records import fake_record
 from fake_runs import write_finished_folds
 from typer.testing import CliRunner
 
+import kit.models  # noqa: F401  (registers the model families' config sections)
 from kit.cli import app
 from kit.config import load_pipeline
 from kit.errors import KitError
@@ -73,9 +75,8 @@ def runs(tmp_path):
     write_record(folder, JobRecord(run="broken", fold=0, state="failed", error=error))
     subs = tmp_path / "subs"
     subs.mkdir()
-    inputs = [{"run": name, "path": str(folder / name)} for name in ("good", "worse")]
-    (subs / "best.json").write_text(json.dumps({"name": "best", "inputs": inputs}))
-    (subs / "solo.json").write_text(json.dumps({"name": "solo", "inputs": inputs[:1]}))
+    fake_record(subs / "best.json", {name: folder / name for name in ("good", "worse")})
+    fake_record(subs / "solo.json", {"good": folder / "good"}, kind="stack")
     (subs / "notes.json").write_text("[1, 2]")  # not a blend record: ignored
     return folder
 
@@ -241,3 +242,15 @@ def test_with_data_a_run_of_another_normalisation_gets_its_nme_recomputed(make_c
     (tmp_path / "runs" / "copy" / "metrics.json").write_text(json.dumps(metrics | {"nme_points": [0, 1]}))
     result = runner.invoke(app, ["runs", str(tmp_path / "runs")], env={"COLUMNS": "300"})
     assert "(face box)" in result.output and "(points 0-1)" in result.output
+
+
+def test_blends_are_found_from_anywhere_and_when_moved_with_their_runs(runs, tmp_path, monkeypatch):
+    moved = tmp_path / "elsewhere" / "project"
+    moved.mkdir(parents=True)
+    shutil.move(runs, moved / "runs")
+    shutil.move(tmp_path / "subs", moved / "subs")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    rows = {row.name: row for row in list_runs("project/runs", "project/subs")}
+    assert rows["good"].blends == ["best", "solo"] and rows["worse"].blends == ["best"]
+    (moved / "subs" / "best.npz").write_bytes(b"changed")  # a record whose parameters changed is not listed
+    assert {row.name: row for row in list_runs("project/runs", "project/subs")}["good"].blends == ["solo"]

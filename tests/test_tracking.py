@@ -13,8 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tiny import set_args, tiny_settings
 from typer.testing import CliRunner
 
+import kit.models  # noqa: F401  (registers the model families' config sections)
 from kit.cli import app
 from kit.config import load_pipeline
 from kit.data.competition import Competition
@@ -25,17 +27,7 @@ from kit.tracking import URI_ENV, default_uri, resolve_uri
 
 runner = CliRunner()
 K, EPOCHS = 3, 2
-TINY = [
-    "model.backbone=test_resnet",
-    "input.size=32",
-    "input.pad=4",
-    "train.batch_size=8",
-    "train.num_workers=0",
-    "train.report_images=2",
-    "optim.lr=3e-3",
-    "augment.blur=0",
-    "augment.noise=0",
-]
+TINY = tiny_settings({"train.report_images": 2, "optim.lr": "3e-3"}, drop=("train.epochs",))  # epochs: per test
 SERVER_START_S = 120.0
 
 
@@ -102,7 +94,7 @@ def _pipeline_file(tmp_path: Path, name: str, extra: str = "") -> Path:
 
 
 def _fold_train(pipeline: Path, data: Path, runs: Path, *extra: str, epochs: int = EPOCHS):
-    sets = [arg for item in [*TINY, f"train.epochs={epochs}"] for arg in ("--set", item)]
+    sets = set_args([*TINY, f"train.epochs={epochs}"])
     args = ["fold-train", str(pipeline), "--data", str(data), "--out", str(runs), *sets, *extra]
     return runner.invoke(app, args)
 

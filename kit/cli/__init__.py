@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kit.cli import blend, check, data_tools, import_data, predict, runs, stack, submit, sweep, synth, train
+from kit.cli import blend, bundle, check, data_tools, import_data, predict, runs, stack, submit, sweep, synth, train
 
 app = typer.Typer(
     name="kit",
@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-for module in (synth, import_data, check, data_tools, train, predict, blend, stack, submit, sweep, runs):
+for module in (synth, import_data, check, data_tools, train, predict, blend, stack, submit, sweep, runs, bundle):
     module.register(app)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from kit.codecs.decoders import decoder_names
 from kit.errors import Interrupted, KitError
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ NmePointsOption = Annotated[
     ),
 ]
 
+# Every decoder of the vocabulary (kit.codecs.decoders); the run's model family accepts its own (kit predict).
+DecoderChoice = Enum("DecoderChoice", {name: name for name in decoder_names()}, type=str)
 
 TrackOption = Annotated[
     str | None,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from kit.blend.inputs import RunScore
 from kit.cli._common import console
+from kit.ensemble.inputs import RunScore
 from kit.metrics import FAILURE_NME, Scores, normalisation
 
 

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from kit.blend.weights import Method
 from kit.cli._common import (
     NmePointsOption,
     TrackingUriOption,
@@ -17,6 +16,7 @@ from kit.cli._common import (
     parse_nme_points,
     progress_bar,
 )
+from kit.ensemble.weights import Method
 
 
 @handle_errors
@@ -26,17 +26,20 @@ def blend(
     method: Annotated[Method, typer.Option(help="How the runs are weighted.")] = Method.weights,
     name: Annotated[str | None, typer.Option(help="Output name (default: blend-METHOD).")] = None,
     out_dir: Annotated[
-        Path, typer.Option(help="Where NAME.csv, NAME.json and NAME.png go (not inside the data or a run).")
+        Path,
+        typer.Option(help="Where NAME.csv, NAME.json (with NAME.npz) and NAME.png go (not inside the data or a run)."),
     ] = Path("submissions"),
-    force: Annotated[bool, typer.Option(help="Replace an existing NAME.csv, NAME.json and NAME.png.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing NAME.csv, NAME.json, NAME.npz and NAME.png.")
+    ] = False,
     nme_points: NmePointsOption = None,
     track: TrackOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Fit blend weights on the runs' OOF predictions, score them (MSE, NME) by nested CV, write the submission."""
-    from kit.blend.blend import blend_runs
-    from kit.blend.rows import report_passes
     from kit.cli._ensemble import print_ensemble
+    from kit.ensemble.blend import blend_runs
+    from kit.ensemble.rows import report_passes
     from kit.tracking import track_ensemble
 
     pair = parse_nme_points(nme_points)
@@ -60,7 +63,7 @@ def blend(
             f"blend is {abs(gain):.4f} ({abs(gain) / best.oof_mse:.1%}) {verdict} than the best run ({best.name}) "
             f"in nested CV; folds: {', '.join(f'{v:.4f}' for v in result.fold_mse)}"
         ],
-        [result.csv, result.json, result.png],
+        [result.csv, result.json, result.npz, result.png],
         result.nme_points,
     )
 

@@ -8,20 +8,12 @@ from typing import Annotated
 
 import typer
 
-from kit.cli._common import WorkspaceOption, console, echo_workspace, handle_errors
+from kit.cli._common import DecoderChoice, WorkspaceOption, console, echo_workspace, handle_errors
 
 
 class TTAChoice(str, Enum):
     none = "none"
     hflip = "hflip"
-
-
-class DecoderChoice(str, Enum):
-    argmax = "argmax"
-    soft_argmax = "soft_argmax"
-    local_soft_argmax = "local_soft_argmax"
-    dark = "dark"
-    torchvision = "torchvision"  # keypoint_rcnn: bicubic upscaling to the input, as torchvision decodes
 
 
 @handle_errors
@@ -64,7 +56,11 @@ def predict(
 @handle_errors
 def infer(
     source: Annotated[
-        Path, typer.Argument(help="A finished run folder, or a blend's NAME.json (its runs and weights).", exists=True)
+        Path,
+        typer.Argument(
+            help="A finished run folder, or a blend's or stack's NAME.json (its runs, combined as its submission).",
+            exists=True,
+        ),
     ],
     images: Annotated[
         Path, typer.Option(help="Folder of face images (.jpg, .png, ...).", exists=True, file_okay=False)
@@ -82,7 +78,7 @@ def infer(
         ),
     ] = None,
 ) -> None:
-    """All landmarks for any folder of face images, from a run's fold models or a blend of runs."""
+    """All landmarks for any folder of face images, from a run's fold models or a blend or stack of runs."""
     from kit.cli.train import RichReporter
     from kit.data.images import max_image_pixels, pixel_limit
     from kit.predict.infer import infer as run_infer

@@ -16,7 +16,7 @@ from kit.cli._common import (
     parse_nme_points,
     progress_bar,
 )
-from kit.stack.stack import Model
+from kit.ensemble.stack import Model
 
 
 def verdict(stack_mse: float, blend_mse: float, method: str = "weights") -> str:
@@ -34,17 +34,20 @@ def stack(
     name: Annotated[str | None, typer.Option(help="Output name (default: stack-MODEL).")] = None,
     model: Annotated[Model, typer.Option(help="The second-level model.")] = Model.ridge,
     out_dir: Annotated[
-        Path, typer.Option(help="Where NAME.csv, NAME.json and NAME.png go (not inside the data or a run).")
+        Path,
+        typer.Option(help="Where NAME.csv, NAME.json (with NAME.npz) and NAME.png go (not inside the data or a run)."),
     ] = Path("submissions"),
-    force: Annotated[bool, typer.Option(help="Replace an existing NAME.csv, NAME.json and NAME.png.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing NAME.csv, NAME.json, NAME.npz and NAME.png.")
+    ] = False,
     nme_points: NmePointsOption = None,
     track: TrackOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Fit a stacker on the runs' OOF predictions, score it by nested CV against the best blend, write a submission."""
-    from kit.blend.rows import report_passes
     from kit.cli._ensemble import print_ensemble
-    from kit.stack.stack import stack_runs
+    from kit.ensemble.rows import report_passes
+    from kit.ensemble.stack import stack_runs
     from kit.tracking import track_ensemble
 
     pair = parse_nme_points(nme_points)
@@ -66,7 +69,7 @@ def stack(
             f"{verdict(result.stack_mse, result.blend_mse, result.blend_method)}; "
             f"folds: {', '.join(f'{v:.4f}' for v in result.fold_mse)}",
         ],
-        [result.csv, result.json, result.png],
+        [result.csv, result.json, result.npz, result.png],
         result.nme_points,
     )
 

@@ -23,6 +23,7 @@ from kit.cli._common import (
     parse_nme_points,
     progress_bar,
 )
+from kit.progress import RecordSink, format_epoch
 
 
 class RichReporter:
@@ -52,8 +53,6 @@ class RichReporter:
             self._progress.update(self._task, advance=advance, info=f"loss {loss:.4f}  {images_per_second:,.0f} img/s")
 
     def end_epoch(self, fold: int, epoch: int, stats: dict) -> None:
-        from kit.progress import format_epoch
-
         self._stop()
         console.print(format_epoch(fold, epoch, stats), highlight=False)
 
@@ -73,6 +72,7 @@ class RichReporter:
 
 
 def _pipeline(path: Path, overrides: list[str] | None):
+    import kit.models  # noqa: F401  (registers the model families' config sections)
     from kit.config import load_pipeline
 
     return load_pipeline(path, overrides or [])
@@ -111,22 +111,25 @@ def fold_train(
     from kit.metrics import format_nme
     from kit.train import fold_train as run_fold_train
 
-    pair = parse_nme_points(nme_points)
-    config = _pipeline(pipeline, set_)
-    echo_workspace(data, workspace)
-    tracker = open_tracking(track, tracking_uri, config.tracking, out)
-    metrics = run_fold_train(
-        config,
-        data,
-        out_dir=out,
-        folds=folds,
-        reporter=RichReporter(),
-        workspace=workspace,
-        nme_points=pair,
-        allow_mixed=allow_mixed,
-        skip_corrupt=skip_corrupt,
-        tracker=tracker,
-    )
+    records = RecordSink.from_env()  # a parent (kit sweep) reads the progress as records
+    with records.failures():
+        pair = parse_nme_points(nme_points)
+        config = _pipeline(pipeline, set_)
+        echo_workspace(data, workspace)
+        tracker = open_tracking(track, tracking_uri, config.tracking, out)
+        metrics = run_fold_train(
+            config,
+            data,
+            out_dir=out,
+            folds=folds,
+            reporter=RichReporter(),
+            workspace=workspace,
+            nme_points=pair,
+            allow_mixed=allow_mixed,
+            skip_corrupt=skip_corrupt,
+            tracker=tracker,
+            records=records,
+        )
     if metrics is not None:
         console.print(
             f"OOF MSE {metrics.oof_mse:.4f}  {format_nme(metrics.oof_nme, metrics.oof_failure_rate)}", highlight=False
@@ -161,26 +164,29 @@ def pseudo(
     from kit.metrics import format_nme
     from kit.train import fold_train as run_fold_train
 
-    overrides = list(set_ or [])
-    if not any(item.split("=", 1)[0].strip() == "name" for item in overrides):
-        overrides.append(f"name={_pipeline(pipeline, set_).name}-pseudo")
-    overrides += [f"pseudo.source={source}", f"pseudo.weight={weight}"]
-    if max_spread is not None:
-        overrides.append(f"pseudo.max_spread={max_spread}")
-    config = _pipeline(pipeline, overrides)
-    echo_workspace(data, workspace)
-    tracker = open_tracking(track, tracking_uri, config.tracking, out)
-    metrics = run_fold_train(
-        config,
-        data,
-        out_dir=out,
-        folds=folds,
-        reporter=RichReporter(),
-        workspace=workspace,
-        allow_mixed=allow_mixed,
-        skip_corrupt=skip_corrupt,
-        tracker=tracker,
-    )
+    records = RecordSink.from_env()
+    with records.failures():
+        overrides = list(set_ or [])
+        if not any(item.split("=", 1)[0].strip() == "name" for item in overrides):
+            overrides.append(f"name={_pipeline(pipeline, set_).name}-pseudo")
+        overrides += [f"pseudo.source={source}", f"pseudo.weight={weight}"]
+        if max_spread is not None:
+            overrides.append(f"pseudo.max_spread={max_spread}")
+        config = _pipeline(pipeline, overrides)
+        echo_workspace(data, workspace)
+        tracker = open_tracking(track, tracking_uri, config.tracking, out)
+        metrics = run_fold_train(
+            config,
+            data,
+            out_dir=out,
+            folds=folds,
+            reporter=RichReporter(),
+            workspace=workspace,
+            allow_mixed=allow_mixed,
+            skip_corrupt=skip_corrupt,
+            tracker=tracker,
+            records=records,
+        )
     if metrics is not None:
         nme = format_nme(metrics.oof_nme, metrics.oof_failure_rate)
         console.print(f"OOF MSE {metrics.oof_mse:.4f}  {nme} (pseudo-labels from {source})", highlight=False)

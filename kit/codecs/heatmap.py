@@ -16,15 +16,16 @@ configuration and calls them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from kit.codecs.decoders import ARGMAX, CODEC_DECODERS, DARK, LOCAL_SOFT_ARGMAX, SOFT_ARGMAX, CodecDecoder
 from kit.errors import KitError
 
-Decoder = Literal["argmax", "soft_argmax", "local_soft_argmax", "dark"]
-DECODERS: tuple[str, ...] = ("argmax", "soft_argmax", "local_soft_argmax", "dark")
+DECODERS = CODEC_DECODERS  # the decoders HeatmapCodec implements, by their names in the vocabulary
 Outputs = Literal["logits", "heatmap"]
 HEATMAP_FLOOR = 1e-12  # heatmap values below this (background, negatives) weigh nothing in the decoders
 DARK_FLOOR = 1e-10  # the modulated heatmaps are floored here before their log (mmpose's DARK)
@@ -269,7 +270,7 @@ class HeatmapCodec:
     stride: int = 4  # heatmap pixel = stride x stride input pixels
     sigma: float = 1.5  # Gaussian sigma of the targets, heatmap pixels
     sigma_end: float | None = None  # sigma at the end of training (linear schedule); None: constant
-    decoder: Decoder = "soft_argmax"
+    decoder: CodecDecoder = SOFT_ARGMAX
     window: int = 5  # box of local_soft_argmax, heatmap pixels (odd)
     iterations: int = 5  # recentring steps of local_soft_argmax
     dark_blur: float | None = None  # Gaussian modulation sigma of dark, heatmap pixels; None: final sigma, 0: none
@@ -318,20 +319,22 @@ class HeatmapCodec:
         gy, gx = self.factors(points, size, progress)
         return gy.unsqueeze(-1) * gx.unsqueeze(-2)
 
-    def decode_heatmap_coords(self, outputs: torch.Tensor, decoder: Decoder | None = None) -> torch.Tensor:
+    def decode_heatmap_coords(self, outputs: torch.Tensor, decoder: CodecDecoder | None = None) -> torch.Tensor:
         """Network outputs (B, P, h, w) -> (B, P, 2) heatmap coordinates with ``decoder`` (default: the codec's)."""
-        decoder = decoder or self.decoder
-        if decoder == "argmax":
-            return argmax_decode(outputs)
-        if decoder == "soft_argmax":
-            return soft_argmax(outputs, self.outputs)
-        if decoder == "local_soft_argmax":
-            return local_soft_argmax(outputs, self.window, self.iterations, self.outputs)
-        if decoder == "dark":
-            return dark_decode(outputs, self.dark_sigma, self.outputs)
-        raise KitError(f"heatmap decoder '{decoder}' (choose from {', '.join(DECODERS)})")
+        decode = _DECODE.get(decoder or self.decoder)
+        if decode is None:
+            raise KitError(f"heatmap decoder '{decoder}' (choose from {', '.join(DECODERS)})")
+        return decode(self, outputs)
 
-    def decode(self, outputs: torch.Tensor, decoder: Decoder | None = None) -> torch.Tensor:
+    def decode(self, outputs: torch.Tensor, decoder: CodecDecoder | None = None) -> torch.Tensor:
         """Network outputs (B, P, h, w) -> (B, P, 2) input pixels."""
         with torch.autocast(outputs.device.type, enabled=False):  # bf16 would cost sub-pixel precision
             return to_input_coords(self.decode_heatmap_coords(outputs, decoder), self.stride)
+
+
+_DECODE: dict[str, Callable[[HeatmapCodec, torch.Tensor], torch.Tensor]] = {  # keyed by every name of DECODERS
+    ARGMAX: lambda codec, maps: argmax_decode(maps),
+    SOFT_ARGMAX: lambda codec, maps: soft_argmax(maps, codec.outputs),
+    LOCAL_SOFT_ARGMAX: lambda codec, maps: local_soft_argmax(maps, codec.window, codec.iterations, codec.outputs),
+    DARK: lambda codec, maps: dark_decode(maps, codec.dark_sigma, codec.outputs),
+}

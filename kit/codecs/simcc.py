@@ -14,15 +14,15 @@ then the y logits. Pure functions first; ``SimCCCodec`` only holds the configura
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
+from kit.codecs.decoders import ARGMAX, CODEC_DECODERS, DARK, LOCAL_SOFT_ARGMAX, SOFT_ARGMAX, CodecDecoder
 from kit.errors import KitError
 
-Decoder = Literal["argmax", "soft_argmax", "local_soft_argmax", "dark"]
-DECODERS: tuple[str, ...] = ("argmax", "soft_argmax", "local_soft_argmax", "dark")
+DECODERS = CODEC_DECODERS  # the decoders SimCCCodec implements, by their names in the vocabulary
 
 
 def to_bins(points: torch.Tensor, split_ratio: float) -> torch.Tensor:
@@ -111,7 +111,7 @@ class SimCCCodec:
     input_size: int  # square model input, pixels
     split_ratio: float = 2.0  # bins per input pixel
     sigma: float = 2.0  # Gaussian label smoothing, bins
-    decoder: Decoder = "local_soft_argmax"
+    decoder: CodecDecoder = LOCAL_SOFT_ARGMAX
     window: int = 11  # box of local_soft_argmax, bins (odd)
     iterations: int = 5  # recentring steps of local_soft_argmax
 
@@ -147,21 +147,22 @@ class SimCCCodec:
         logits = outputs.unflatten(-1, (2, self.bins))
         return kl_divergence(logits, self.log_targets(points)).mean()
 
-    def decode_bins(self, outputs: torch.Tensor, decoder: Decoder | None = None) -> torch.Tensor:
+    def decode_bins(self, outputs: torch.Tensor, decoder: CodecDecoder | None = None) -> torch.Tensor:
         """Network outputs (B, P, 2 n) -> (B, P, 2) bin coordinates with ``decoder`` (default: the codec's)."""
-        decoder = decoder or self.decoder
-        logits = outputs.unflatten(-1, (2, self.bins))
-        if decoder == "argmax":
-            return argmax_1d(logits)
-        if decoder == "soft_argmax":
-            return soft_argmax_1d(logits)
-        if decoder == "local_soft_argmax":
-            return local_soft_argmax_1d(logits, self.window, self.iterations)
-        if decoder == "dark":
-            return dark_1d(logits)
-        raise KitError(f"simcc decoder '{decoder}' (choose from {', '.join(DECODERS)})")
+        decode = _DECODE.get(decoder or self.decoder)
+        if decode is None:
+            raise KitError(f"simcc decoder '{decoder}' (choose from {', '.join(DECODERS)})")
+        return decode(self, outputs.unflatten(-1, (2, self.bins)))
 
-    def decode(self, outputs: torch.Tensor, decoder: Decoder | None = None) -> torch.Tensor:
+    def decode(self, outputs: torch.Tensor, decoder: CodecDecoder | None = None) -> torch.Tensor:
         """Network outputs (B, P, 2 n) -> (B, P, 2) input pixels."""
         with torch.autocast(outputs.device.type, enabled=False):  # bf16 would cost sub-pixel precision
             return from_bins(self.decode_bins(outputs, decoder), self.split_ratio)
+
+
+_DECODE: dict[str, Callable[[SimCCCodec, torch.Tensor], torch.Tensor]] = {  # keyed by every name of DECODERS
+    ARGMAX: lambda codec, logits: argmax_1d(logits),
+    SOFT_ARGMAX: lambda codec, logits: soft_argmax_1d(logits),
+    LOCAL_SOFT_ARGMAX: lambda codec, logits: local_soft_argmax_1d(logits, codec.window, codec.iterations),
+    DARK: lambda codec, logits: dark_1d(logits),
+}

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 
 from kit.config import AugmentConfig
 from kit.data.photometric import photometric
-from kit.predict.flip import mirror_points
-from kit.predict.inputs import normalise, to_unit_float
+from kit.data.tensors import mirror_points, normalise, to_unit_float
 
 
 def sample_geometry(batch: int, cfg: AugmentConfig, size: int, generator: torch.Generator):

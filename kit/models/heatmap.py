@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError
 from torch import nn
 
+from kit.codecs.decoders import SOFT_ARGMAX, CodecDecoder
 from kit.codecs.heatmap import HeatmapCodec, soft_argmax, to_input_coords
 from kit.config import ConfigSection, LossConfig, ModelConfig, Pipeline
 from kit.errors import KitError
@@ -55,7 +56,7 @@ class HeatmapConfig(ConfigSection):
     awing_weight: float = Field(10.0, ge=0)  # Adaptive Wing weighted loss map: 1 + this near the targets' peaks
     coord_weight: float = Field(1.0, ge=0)  # weight of the coordinate loss (section `loss`) on soft-argmax points
     # soft_argmax reads integral (logit) maps; local_soft_argmax and dark suit maps trained with a heatmap loss
-    decoder: Literal["argmax", "soft_argmax", "local_soft_argmax", "dark"] = "soft_argmax"
+    decoder: CodecDecoder = SOFT_ARGMAX
     window: int = Field(5, ge=1)  # window of local soft-argmax, heatmap pixels (odd)
     iterations: int = Field(5, ge=0)  # recentring steps of local soft-argmax (removes its pull to the window centre)
     dark_blur: float | None = Field(None, ge=0)  # sigma of DARK's modulation, px (null: final target sigma; 0: none)

@@ -51,7 +51,8 @@ from torchvision.models.detection.roi_heads import heatmaps_to_keypoints, keypoi
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from kit.codecs.heatmap import argmax_decode, dark_decode, local_soft_argmax, soft_argmax
+from kit.codecs.decoders import CODEC_DECODERS, LOCAL_SOFT_ARGMAX, TORCHVISION, decoder_field
+from kit.codecs.heatmap import HeatmapCodec
 from kit.config import ConfigSection, ModelConfig, Pipeline
 from kit.errors import KitError
 from kit.losses import gaussian_map_kl
@@ -59,7 +60,7 @@ from kit.models._registry import register_family
 from kit.models.base import LandmarkModel
 from kit.models.weights import hub_error, load_filtered, pretrained_state_dict
 
-DECODERS: tuple[str, ...] = ("torchvision", "argmax", "soft_argmax", "local_soft_argmax", "dark")
+DECODERS: tuple[str, ...] = (TORCHVISION, *CODEC_DECODERS)  # torchvision's own, then the heatmap codec's
 _STRIDES = (4, 8, 16, 32)  # FPN levels 2-5, named "0"-"3" as in torchvision
 _DETECTION_PREFIXES = {  # torchvision KeypointRCNN state dict -> this model
     "backbone.body.": "backbone",
@@ -78,7 +79,7 @@ class KeypointRCNNConfig(ConfigSection):
     trainable_layers: int | None = Field(None, ge=0, le=5)  # torchvision ResNets: stages trained from the top (3)
     target: Literal["gaussian", "one_hot"] = "gaussian"  # one_hot: torchvision's keypointrcnn_loss
     sigma: float = Field(1.0, gt=0)  # Gaussian target, map pixels
-    decoder: Literal["torchvision", "argmax", "soft_argmax", "local_soft_argmax", "dark"] = "local_soft_argmax"
+    decoder: decoder_field(DECODERS) = LOCAL_SOFT_ARGMAX
     window: int = Field(5, ge=1)  # window of local soft-argmax, map pixels (odd)
     iterations: int = Field(5, ge=0)  # recentring steps of local soft-argmax
 
@@ -183,6 +184,8 @@ class KeypointRCNNModel(LandmarkModel):
         self.n_points = n_points
         self.input_size = input_size
         self.map_size = cfg.map_size
+        # The codec's decoders on the logit maps, with map pixels as its pixels; DARK without modulation.
+        self.map_codec = HeatmapCodec(stride=1, window=cfg.window, iterations=cfg.iterations, dark_blur=0.0)
         self.mean, self.std = tuple(mean), tuple(std)
         # FPN blocks the full-image box never reads: frozen, so that every trained parameter gets a gradient.
         for idx, block in enumerate(fpn.inner_blocks):
@@ -204,19 +207,12 @@ class KeypointRCNNModel(LandmarkModel):
     def decode(self, outputs: torch.Tensor, decoder: str | None = None) -> torch.Tensor:
         decoder = decoder or self.cfg.decoder
         with torch.autocast(outputs.device.type, enabled=False):
-            if decoder == "torchvision":
+            if decoder == TORCHVISION:
                 rois = torch.cat(self.boxes(outputs))
                 return heatmaps_to_keypoints(outputs.float(), rois)[0][..., :2] - 0.5
-            if decoder == "argmax":
-                coords = argmax_decode(outputs)
-            elif decoder == "soft_argmax":
-                coords = soft_argmax(outputs, "logits")
-            elif decoder == "local_soft_argmax":
-                coords = local_soft_argmax(outputs, self.cfg.window, self.cfg.iterations, "logits")
-            elif decoder == "dark":
-                coords = dark_decode(outputs, 0.0, "logits")
-            else:
+            if decoder not in CODEC_DECODERS:
                 raise KitError(f"keypoint_rcnn decoder '{decoder}' (choose from {', '.join(DECODERS)})")
+            coords = self.map_codec.decode_heatmap_coords(outputs, decoder)
             return from_map_coords(coords, self.input_size, self.map_size)
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor, progress: float) -> torch.Tensor:

@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator
 from timm.models import split_model_name_tag
 from torch import nn
 
+from kit.codecs.decoders import LOCAL_SOFT_ARGMAX, CodecDecoder
 from kit.codecs.simcc import SimCCCodec, from_bins, soft_argmax_1d
 from kit.config import ConfigSection, LossConfig, ModelConfig, Pipeline
 from kit.errors import KitError
@@ -36,7 +37,7 @@ class SimCCConfig(ConfigSection):
     kernel_size: int = Field(1, ge=1)  # of the convolution from features to point maps (odd; RTMPose uses 7)
     token_dim: int = Field(256, ge=1)  # width of a point token before the classifiers
     coord_weight: float = Field(0.0, ge=0)  # weight of the coordinate loss (section `loss`) on soft-argmax points
-    decoder: Literal["argmax", "soft_argmax", "local_soft_argmax", "dark"] = "local_soft_argmax"
+    decoder: CodecDecoder = LOCAL_SOFT_ARGMAX
     window: int = Field(11, ge=1)  # window of local soft-argmax, bins (odd)
     iterations: int = Field(5, ge=0)  # recentring steps of local soft-argmax
 

@@ -1,15 +1,14 @@
-"""``kit infer``: all P landmarks for any folder of face images, from a run's fold models or a blend's runs.
+"""``kit infer``: all P landmarks for any folder of face images, from a run's fold models or a blend's or stack's runs.
 
 This is how a trained model is used after the competition: no competition folder is needed. Each image is
 cropped exactly as the crop cache crops it (``kit.data.prepare.load_crop``), predicted by every fold model with
-the run's TTA, averaged over folds (as ``test.npy`` is), mapped back to original pixels, and, for a blend, the
-runs are combined with the blend's weights.
+the run's TTA, averaged over folds (as ``test.npy`` is), mapped back to original pixels, and, for a blend or stack,
+the runs are combined by its model fitted on all folds, as its submission was (``kit.ensemble.record.apply``).
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from kit.data.geometry import apply_affine, invert_affine
 from kit.data.images import load_image
 from kit.data.landmarks import point_columns
 from kit.data.prepare import load_crop
+from kit.ensemble.source import open_source
 from kit.errors import KitError
 from kit.io import atomic_path, refuse_inside
 from kit.predict.models import inference_device, load_fold_model
@@ -37,14 +37,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass(frozen=True)
-class Member:
-    """One run of the source and its weight: a scalar, or (P,) per-point weights."""
-
-    run: RunDir
-    weight: float | np.ndarray
-
-
-@dataclass(frozen=True)
 class Inferred:
     csv: Path
     file_names: list[str]
@@ -52,38 +44,6 @@ class Inferred:
     images_per_second: float
     overlays: Path | None
     skipped: int = 0  # files of the images folder that are not images
-
-
-def source_members(source: str | Path) -> list[Member]:
-    """The runs (and weights) of a run folder or a blend's JSON record.
-
-    Raises:
-        KitError: neither a finished run nor a blend JSON, or a run of the blend is missing.
-    """
-    path = Path(source)
-    if path.is_dir():
-        run = RunDir(path)
-        run.read_metrics()  # a finished run
-        return [Member(run, 1.0)]
-    if path.suffix != ".json" or not path.is_file():
-        raise KitError(f"{path}: expected a finished run folder or a blend's .json")
-    try:
-        record = json.loads(path.read_text())
-        inputs, weights = record["inputs"], record["weights"]
-        labels = [item["run"] for item in inputs]
-        paths = [Path(item["path"]) for item in inputs]
-        per_point = np.asarray(record["per_point_weights"], np.float64) if "per_point_weights" in record else None
-        global_weights = [float(weights[label]) for label in labels]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise KitError(f"{path}: not a kit blend record ({type(exc).__name__}: {exc})") from None
-    members = []
-    for r, (label, run_path) in enumerate(zip(labels, paths, strict=True)):
-        if not run_path.is_dir():
-            raise KitError(f"{path}: run '{label}' not found at {run_path}")
-        run = RunDir(run_path)
-        run.read_metrics()
-        members.append(Member(run, per_point[:, r] if per_point is not None else global_weights[r]))
-    return members
 
 
 def list_images(folder: str | Path) -> tuple[list[Path], list[Path]]:
@@ -174,7 +134,7 @@ def _crops(paths: list[Path], size: int, margin: float, pad: int) -> tuple[np.nd
 
 
 def _predict_run(
-    member: Member,
+    run: RunDir,
     paths: list[Path],
     device: torch.device,
     batch_size: int | None,
@@ -182,7 +142,6 @@ def _predict_run(
     crops_by_setting: dict,
 ) -> np.ndarray:
     """The run's fold-averaged predictions (N, P, 2) in original pixels."""
-    run = member.run
     pipeline = run.read_pipeline()
     metrics = run.read_metrics()
     n_points = metrics.split.n_points
@@ -242,7 +201,7 @@ def infer(
     batch_size: int | None = None,
     reporter: Reporter | None = None,
 ) -> Inferred:
-    """Predict every image of ``images_dir`` with ``source`` (a run folder or a blend JSON) into ``out``.
+    """Predict every image of ``images_dir`` with ``source`` (a run folder, or a blend's or stack's JSON) into ``out``.
 
     Files of ``images_dir`` without an image suffix are skipped and counted (``Inferred.skipped``).
 
@@ -253,7 +212,7 @@ def infer(
     reporter = reporter or SilentReporter()
     out = Path(out)
     images_dir = Path(images_dir)
-    members = source_members(source)
+    source = open_source(source)
     check_outputs(out, Path(overlays) if overlays is not None else None, images_dir, force)
     paths, others = list_images(images_dir)
     if others:
@@ -261,14 +220,12 @@ def infer(
         reporter.message(f"{images_dir}: skipped {len(others)} file(s) that are not images: {listed}")
     device = inference_device()
     started = time.perf_counter()
-    blended, crops_by_setting = None, {}
-    for member in members:
-        points = _predict_run(member, paths, device, batch_size, reporter.message, crops_by_setting)
-        weight = np.asarray(member.weight, np.float64)
-        term = (weight[None, :, None] if weight.ndim else weight) * points
-        blended = term if blended is None else blended + term
-    blended = np.asarray(blended, np.float32)
-    images_per_second = len(paths) * len(members) / max(time.perf_counter() - started, 1e-9)
+    crops_by_setting = {}
+    predictions = [
+        _predict_run(run, paths, device, batch_size, reporter.message, crops_by_setting) for run in source.runs
+    ]
+    blended = source.combine(predictions)
+    images_per_second = len(paths) * len(source.runs) / max(time.perf_counter() - started, 1e-9)
     names = [p.name for p in paths]
     write_landmarks_csv(out, names, blended)
     overlay_dir = None

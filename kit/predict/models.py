@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from kit.checkpoint import load_checkpoint
+from kit.checkpoint import BestCheckpoint
 from kit.config import Pipeline, PretrainedConfig
 from kit.errors import KitError
 
@@ -26,10 +26,10 @@ def load_fold_model(pipeline: Pipeline, checkpoint: Path, n_points: int, device:
     # The checkpoint holds every weight: build without the pretrained source (which may be absent here).
     bare = pipeline.model_copy(update={"model": pipeline.model.model_copy(update={"pretrained": PretrainedConfig()})})
     model = create_model(bare, n_points)
-    state = load_checkpoint(checkpoint)
+    weights = BestCheckpoint.load(checkpoint).model
     try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as exc:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
         raise KitError(f"{checkpoint}: does not fit the run's pipeline ({type(exc).__name__})") from None
     model.to(device)
     if pipeline.train.channels_last:

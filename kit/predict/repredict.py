@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+import kit.models  # noqa: F401  (registers the model families' config sections)
 from kit.config import Pipeline, pipeline_from_dict
 from kit.data.competition import Competition
 from kit.data.derived import flip_permutation

@@ -11,8 +11,7 @@ from torch.utils.data import DataLoader
 from kit.data.dataset import CropDataset
 from kit.data.geometry import apply_affine, invert_affine
 from kit.data.prepare import CropCache
-from kit.predict.flip import mirror_points
-from kit.predict.inputs import autocast, prepare_input
+from kit.data.tensors import autocast, mirror_points, prepare_input
 
 
 def inference_loader(dataset, batch_size: int, device: torch.device, num_workers: int = 0) -> DataLoader:

@@ -725,3 +725,7 @@ def download_competition(competition: str, out_dir: str | Path, net: Network | N
         target = out_dir / archive.name
         shutil.move(archive, target)
         return [target]
+
+
+# Shared with ``kit.bundle.upload`` (a bundle as a Kaggle dataset): the same guard, client, retries and reasons.
+Guard, kaggle_client, with_retries, failure_reason = _Guard, _kaggle, _with_retries, _reason

@@ -180,9 +180,9 @@ def source_of_run(run_dir: Path) -> Source:
 
 def source_of_record(record_path: Path) -> Source:
     """A blend's or stack's nested-CV scores, from its NAME.json."""
-    from kit.blend.inputs import read_ensemble_record
+    from kit.ensemble.record import read_record
 
-    record = read_ensemble_record(record_path)
+    record = read_record(record_path)
     mse, nme, failure_rate = record.cv
     return Source(
         kind=record.kind,
@@ -208,10 +208,10 @@ def resolve_source(csv: Path, sha256: str, given: Path | None = None) -> Source:
     record_path = csv.with_suffix(".json")
     if not record_path.is_file():
         return Source(note=f"no {record_path.name} beside it")
-    from kit.blend.inputs import read_ensemble_record
+    from kit.ensemble.record import read_record
 
     try:
-        record = read_ensemble_record(record_path)
+        record = read_record(record_path)
     except KitError as exc:
         return Source(note=str(exc))
     if record.submission != csv.name or record.submission_sha256 != sha256:

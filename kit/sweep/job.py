@@ -3,13 +3,17 @@
 ``run_job`` starts the child (through ``kit.sweep.launch``, so that it dies with its parent), appends its output
 to the job's log, hands each line to a callback, and stops it on request: SIGTERM first (fold-train saves a
 resumable checkpoint and exits 143), SIGKILL when asked twice or after a grace period.
+
+The child's progress comes as records (``kit.progress``), one JSON object a line on a pipe of its own
+(``$KIT_PROGRESS_FD``), never parsed from its console text. Each goes into the log as a ``#sweep`` line beside the
+sweep's own (``Start``, ``Note``, ``End``), so that whoever follows the log (the driver of a Ray sweep) reads the
+same records with ``read_event``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,14 +22,74 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO, Annotated, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from kit.progress import PROGRESS_FD, EpochRecord, ErrorRecord, FoldRecord, Record, RunRecord, read_record
 from kit.sweep.stop import StopSignal
 
 MARKER = "#sweep "  # a line the sweep writes into a job's log: MARKER + JSON
-EPOCH_LINE = re.compile(r"^fold (\d+) epoch (\d+)/(\d+)\s+loss (\S+)\s+valid MSE (\S+)")
-ERROR_LINE = re.compile(r"^error: (.*)")
 INTERRUPTED = (128 + signal.SIGTERM, 128 + signal.SIGINT)
 STOP_GRACE_SECONDS = 300.0  # after SIGTERM, how long a job may take to save its checkpoint before SIGKILL
+
+
+class _Marker(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Start(_Marker):
+    """An attempt of the job starts (the first line of each attempt in its log)."""
+
+    event: Literal["start"] = "start"
+    attempt: int = 1
+    where: str = ""  # the slot or node, in words
+    node: str | None = None  # Ray node id
+    host: str | None = None
+
+
+class Note(_Marker):
+    """Something the sweep did for the job (took over a dead attempt's locks)."""
+
+    event: Literal["note"] = "note"
+    text: str
+
+
+class End(_Marker):
+    """The attempt's process ended."""
+
+    event: Literal["end"] = "end"
+    returncode: int
+
+
+JobEvent = Annotated[
+    Start | Note | End | EpochRecord | FoldRecord | RunRecord | ErrorRecord, Field(discriminator="event")
+]
+_EVENTS: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)
+
+
+def marker(event: Start | Note | End | Record) -> str:
+    """The ``#sweep`` line of ``event`` for the job's log."""
+    return MARKER + json.dumps(event.model_dump(mode="json", exclude_none=True))
+
+
+def read_event(line: str) -> JobEvent | None:
+    """The event of a ``#sweep`` line of a job's log (the sweep's or the child's records); None for other lines."""
+    line = line.rstrip("\n")
+    if not line.startswith(MARKER):
+        return None
+    try:
+        return _EVENTS.validate_json(line[len(MARKER) :])
+    except ValidationError:
+        return None
+
+
+def relay_records(stream: IO[bytes], take: Callable[[str], None]) -> None:
+    """Each record the child writes to ``stream`` (its progress pipe), as a ``#sweep`` line to ``take``."""
+    for raw in stream:
+        record = read_record(raw)
+        if record is not None:
+            take(marker(record))
 
 
 @dataclass(frozen=True)
@@ -67,7 +131,7 @@ class Outcome:
     """How a job's process ended."""
 
     returncode: int
-    error: str | None  # its last ``error:`` line (else its last line) when it failed
+    error: str | None  # its last error record (else its last output line) when it failed
     seconds: float
     pid: int = 0
 
@@ -88,6 +152,7 @@ def child_env(threads: int, gpu: str | None = None, base: dict[str, str] | None 
         base: the environment to start from (default: this process's).
     """
     env = dict(os.environ if base is None else base)
+    env.pop(PROGRESS_FD, None)  # run_job gives each job a progress pipe of its own
     env.update(
         OMP_NUM_THREADS=str(threads),
         MKL_NUM_THREADS=str(threads),
@@ -98,28 +163,6 @@ def child_env(threads: int, gpu: str | None = None, base: dict[str, str] | None 
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     return env
-
-
-def marker(event: str, **fields) -> str:
-    """A ``#sweep`` line for the job's log."""
-    return MARKER + json.dumps({"event": event, **fields})
-
-
-def parse_line(line: str) -> dict | None:
-    """What a line of a job's log says: a ``#sweep`` marker, an epoch, an error; None for anything else."""
-    line = line.rstrip("\n")
-    if line.startswith(MARKER):
-        try:
-            data = json.loads(line[len(MARKER) :])
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) and "event" in data else None
-    if match := EPOCH_LINE.match(line):
-        fold, epoch, epochs, _, valid = match.groups()
-        return {"event": "epoch", "fold": int(fold), "epoch": int(epoch), "epochs": int(epochs), "valid_mse": valid}
-    if match := ERROR_LINE.match(line):
-        return {"event": "error", "text": match.group(1).strip()}
-    return None
 
 
 def run_job(
@@ -134,7 +177,10 @@ def run_job(
     death_signal: str = "TERM",
     catch_interrupt: bool = False,
 ) -> Outcome:
-    """Run ``command`` to its end; its output (stdout and stderr) is appended to ``log_path`` line by line.
+    """Run ``command`` to its end; its output (stdout and stderr) and its records are appended to ``log_path``.
+
+    The child gets the write end of a pipe as ``$KIT_PROGRESS_FD``: each record it writes there (``kit.progress``)
+    becomes a ``#sweep`` line of the log, in the order the records and output lines come.
 
     Args:
         header: first lines for the log (and ``on_line``), e.g. ``marker`` lines.
@@ -149,43 +195,66 @@ def run_job(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     lines: list[str] = []
+    errors: list[str] = []
+    lock = threading.Lock()
     with open(log_path, "a", encoding="utf-8") as log:
 
         def take(line: str) -> None:
-            log.write(line if line.endswith("\n") else line + "\n")
-            log.flush()
-            lines.append(line.rstrip("\n"))
-            del lines[:-50]
-            if on_line is not None:
-                on_line(line.rstrip("\n"))
+            with lock:
+                log.write(line if line.endswith("\n") else line + "\n")
+                log.flush()
+                lines.append(line.rstrip("\n"))
+                del lines[:-50]
+                event = read_event(line) if line.startswith(MARKER) else None
+                if isinstance(event, ErrorRecord) and not event.interrupted:
+                    errors.append(event.text)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
 
         for line in [header] if isinstance(header, str) else header or []:
             take(line)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kit.sweep.launch", death_signal, *command],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
-            start_new_session=new_session,
-        )
+        records, records_w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kit.sweep.launch", death_signal, *command],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env | {PROGRESS_FD: str(records_w)},
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                bufsize=1,
+                start_new_session=new_session,
+                pass_fds=(records_w,),
+            )
+        except BaseException:
+            os.close(records)
+            raise
+        finally:
+            os.close(records_w)  # the child holds it now: the pipe ends when the child (and its children) end
         if on_start is not None:
             on_start(proc.pid)
 
-        def read() -> None:
+        def read_output() -> None:
             for line in proc.stdout:
                 take(line)
 
-        reader = threading.Thread(target=read, name=f"log {log_path.name}", daemon=True)
-        reader.start()
+        def read_records() -> None:
+            with open(records, "rb") as stream:
+                relay_records(stream, take)
+
+        readers = [
+            threading.Thread(target=read_output, name=f"log {log_path.name}", daemon=True),
+            threading.Thread(target=read_records, name=f"records {log_path.name}", daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
         returncode = _wait(proc, stop, catch_interrupt)
-        reader.join(timeout=10)
-        take(marker("end", returncode=returncode))
-    return Outcome(returncode, _error(lines[:-1], returncode), time.monotonic() - started, proc.pid)
+        for reader in readers:
+            reader.join(timeout=10)
+        take(marker(End(returncode=returncode)))
+    return Outcome(returncode, _error(lines[:-1], errors, returncode), time.monotonic() - started, proc.pid)
 
 
 def _wait(proc: subprocess.Popen, stop: StopSignal, catch_interrupt: bool) -> int:
@@ -209,10 +278,9 @@ def _wait(proc: subprocess.Popen, stop: StopSignal, catch_interrupt: bool) -> in
             termed_at = time.monotonic()
 
 
-def _error(lines: list[str], returncode: int) -> str | None:
+def _error(lines: list[str], errors: list[str], returncode: int) -> str | None:
     if returncode == 0:
         return None
-    errors = [event["text"] for line in lines if (event := parse_line(line)) and event["event"] == "error"]
     if errors:
         return errors[-1]
     tail = [line.strip() for line in lines if line.strip() and not line.startswith(MARKER)]

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from kit.sweep.job import Job, child_env, marker, run_job
+from kit.sweep.job import Job, Start, child_env, marker, run_job
 from kit.sweep.progress import Tracker
 from kit.sweep.records import JobRecord, log_file, write_record
 from kit.sweep.stop import StopSignal
@@ -83,7 +83,7 @@ class LocalExecutor:
                     job.command(),
                     child_env(slot.threads, slot.gpu),
                     log_file(job.runs_dir, job.run, job.fold),
-                    header=marker("start", attempt=1, where=slot.describe(), host=host),
+                    header=marker(Start(attempt=1, where=slot.describe(), host=host)),
                     on_line=lambda text, job=job: tracker.line(job, text),
                     on_start=lambda pid, record=record: write_record(
                         tracker.runs_dir, record.model_copy(update={"host": host, "pid": pid, "started": time.time()})

@@ -6,11 +6,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from kit.errors import KitError
-from kit.runs import Identity, RunDir
-from kit.sweep.job import Job, Outcome, parse_line
+from kit.progress import EpochRecord, ErrorRecord
+from kit.sweep.job import Job, Note, Outcome, Start, read_event
 from kit.sweep.records import JobRecord, JobState, read_record, write_record
+
+if TYPE_CHECKING:  # the plans come from the driver; a Ray task imports this module without kit.train (torch)
+    from kit.train.plan import RunPlan
 
 EPOCH_LINE_SECONDS = 2.0  # at most one epoch line per job this often (and its last epoch's): tiny epochs are many
 
@@ -36,21 +39,22 @@ class JobStatus:
 
 
 class Tracker:
-    """Turns what executors report (lines of a job's output, its end) into states, progress lines and records.
+    """Turns what executors report (lines of a job's log, its end) into states, progress lines and records.
 
-    Thread-safe: the local executor reports from one thread per slot.
+    A fold is done when its run folder says so with the identity of the run's plan (``kit.train.plan``), the one its
+    fold-train planned too. Thread-safe: the local executor reports from one thread per slot.
     """
 
     def __init__(
         self,
         runs_dir,
         sweep_id: str,
-        identities: dict[str, Identity],
+        plans: dict[str, RunPlan],
         emit: Callable[[str], None],
     ) -> None:
         self.runs_dir = runs_dir
         self.sweep_id = sweep_id
-        self.identities = identities
+        self.plans = plans
         self._emit = emit
         self._lock = threading.RLock()
         self._started = time.monotonic()
@@ -87,28 +91,27 @@ class Tracker:
             self.emit(f"{status.label}: failed: {error}")
 
     def line(self, job: Job, text: str) -> None:
-        """One line of the job's output (or a ``#sweep`` marker line)."""
-        event = parse_line(text)
+        """One line of the job's log: only its ``#sweep`` lines (the sweep's markers, the child's records) count."""
+        event = read_event(text)
         if event is None:
             return
         with self._lock:
             status = self._status(job.run, job.fold)
-            kind = event["event"]
-            if kind == "start":
-                status.state, status.where = "running", str(event.get("where", ""))
-                status.attempts = int(event.get("attempt", status.attempts + 1))
+            if isinstance(event, Start):
+                status.state, status.where = "running", event.where
+                status.attempts = event.attempt
                 again = f" (attempt {status.attempts})" if status.attempts > 1 else ""
                 self.emit(f"{status.label}: running on {status.where}{again}")
-            elif kind == "note":
-                self.emit(f"{status.label}: {event.get('text', '')}")
-            elif kind == "epoch" and event["fold"] == job.fold:
-                status.epoch = f"{event['epoch']}/{event['epochs']}"
+            elif isinstance(event, Note):
+                self.emit(f"{status.label}: {event.text}")
+            elif isinstance(event, EpochRecord) and event.fold == job.fold:
+                status.epoch = f"{event.epoch}/{event.epochs}"
                 now, last = time.monotonic(), self._epoch_lines.get((job.run, job.fold), -EPOCH_LINE_SECONDS)
-                if now - last >= EPOCH_LINE_SECONDS or event["epoch"] == event["epochs"]:
+                if now - last >= EPOCH_LINE_SECONDS or event.epoch == event.epochs:
                     self._epoch_lines[(job.run, job.fold)] = now
-                    self.emit(f"{status.label}: epoch {status.epoch}, valid MSE {event['valid_mse']}")
-            elif kind == "error":
-                status.error = event["text"]
+                    self.emit(f"{status.label}: epoch {status.epoch}, valid MSE {event.valid_mse:.3f}")
+            elif isinstance(event, ErrorRecord) and not event.interrupted:
+                status.error = event.text
 
     def finished(self, job: Job, outcome: Outcome | None, error: str | None = None) -> JobStatus:
         """The job's process ended (``outcome``), or the job ended without one (``error``: lost, cancelled)."""
@@ -169,30 +172,15 @@ class Tracker:
 
     def _fold_mse(self, job: Job) -> float | None:
         """The fold's MSE when it is finished with the identity of this sweep's run, else None."""
-        try:
-            summary = RunDir.under(self.runs_dir, job.run).read_fold(job.fold)
-        except KitError:
-            return None
-        identity = self.identities.get(job.run)
-        if summary is None or identity is None or not identity.matches(summary.identity, numerics=False):
-            return None
-        return summary.mse
+        plan = self.plans.get(job.run)
+        summary = plan.finished_folds().get(job.fold) if plan is not None else None
+        return summary.mse if summary is not None else None
 
     def _check_run(self, run: str) -> None:
         if run in self._finished_runs:
             return
-        metrics = finished_metrics(RunDir.under(self.runs_dir, run), self.identities.get(run))
+        plan = self.plans.get(run)
+        metrics = plan.finished_metrics() if plan is not None else None
         if metrics is not None:
             self._finished_runs.add(run)
             self.emit(f"{run}: finished, OOF MSE {metrics.oof_mse:.4f}")
-
-
-def finished_metrics(run: RunDir, identity: Identity | None):
-    """The run's metrics when it is finished with ``identity``, else None."""
-    if not run.is_finished():
-        return None
-    try:
-        metrics = run.read_metrics()
-    except KitError:
-        return None
-    return metrics if identity is None or identity.matches(metrics.identity, numerics=False) else None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.runs import RunDir
-from kit.sweep.job import STOP_GRACE_SECONDS, Job, Outcome, child_env, marker, run_job
+from kit.sweep.job import STOP_GRACE_SECONDS, Job, Note, Outcome, Start, child_env, marker, run_job
 from kit.sweep.progress import Tracker
 from kit.sweep.records import JobRecord, log_file, read_record, write_record
 from kit.sweep.stop import StopSignal, stop_on_signals
@@ -116,8 +116,8 @@ def ray_task(job_data: dict, sweep_id: str, cpus: int) -> dict:
         job.command(),
         child_env(cpus),
         log_file(job.runs_dir, job.run, job.fold),
-        header=[marker("start", attempt=attempt, where=where, node=node_id, host=host)]
-        + [marker("note", text=note) for note in notes],
+        header=[marker(Start(attempt=attempt, where=where, node=node_id, host=host))]
+        + [marker(Note(text=note)) for note in notes],
         on_start=lambda pid: write_record(job.runs_dir, record.model_copy(update={"pid": pid, "started": time.time()})),
         new_session=False,
         death_signal="KILL",  # a retry may start at once: the dead attempt's fold-train must be gone by then

@@ -1,9 +1,10 @@
 """``run_sweep``: expand a sweep file into (run, fold) jobs, skip finished folds, run the rest, blend what finished.
 
-Each job is ``python -m kit fold-train RUNS/.sweep/NAME.yaml --data DIR --out RUNS --folds K``: the last fold of a
-run to finish assembles the run itself. Two last folds finishing together race for the run's assembly lock; the
-loser's fold is finished all the same, and a run whose folds are all finished but that is not assembled is
-assembled at the end (one more fold-train, which skips the finished folds).
+Each run is planned as its fold-train plans it (``kit.train.plan``: the resolved pipeline, its identity, caches and
+finished folds), and each job is ``python -m kit fold-train RUNS/.sweep/NAME.yaml --data DIR --out RUNS --folds K``
+with the resolved pipeline: the last fold of a run to finish assembles the run itself. Two last folds finishing
+together race for the run's assembly lock; the loser's fold is finished all the same, and a run whose folds are all
+finished but that is not assembled is assembled at the end (one more fold-train, which skips the finished folds).
 """
 
 from __future__ import annotations
@@ -15,21 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from kit.blend.blend import BlendResult, blend_runs
 from kit.config import dump_pipeline
 from kit.data.competition import Competition
-from kit.data.derived import ensure_folds, fold_count
-from kit.data.prepare import images_sha256
+from kit.data.derived import ensure_folds
+from kit.ensemble.blend import BlendResult, blend_runs
 from kit.errors import KitError
 from kit.io import write_text
-from kit.runs import Identity, RunDir, SplitInfo
 from kit.sweep.job import Job, child_env
 from kit.sweep.local import usable_cores
-from kit.sweep.progress import JobStatus, Tracker, finished_metrics
+from kit.sweep.progress import JobStatus, Tracker
 from kit.sweep.records import pipeline_file
 from kit.sweep.spec import Sweep, load_sweep
 from kit.sweep.stop import StopSignal
 from kit.tracking import track_ensemble, tracker_for
+from kit.train.plan import DataState, RunPlan, plan_run
 
 
 class Executor(Protocol):
@@ -61,23 +61,14 @@ class SweepResult:
 
 
 def _prepare_caches(
-    comp: Competition, sweep: Sweep, jobs: list[Job], emit: Callable[[str], None], skip_corrupt: bool = False
+    comp: Competition, plans: list[RunPlan], emit: Callable[[str], None], skip_corrupt: bool = False
 ) -> None:
-    """Build each crop cache the pending jobs need once, here, instead of in several jobs at the same time."""
-    from kit.data.prepare import prepare_crops
-
-    pending = {job.run for job in jobs}
-    shapes = sorted(
-        {
-            (r.pipeline.input.size, r.pipeline.input.margin, r.pipeline.input.pad)
-            for r in sweep.runs
-            if r.name in pending
-        }
-    )
-    for size, margin, pad in shapes:
-        for split in ("train", "test"):
-            cache = prepare_crops(comp, split, size, margin, pad, workers=usable_cores(), skip_corrupt=skip_corrupt)
-            emit(f"crop cache {split} {size} px (pad {pad}): {cache.path}")
+    """Build each crop cache the runs with pending jobs need once, here, instead of in several jobs at the same time."""
+    caches = {cache.key: cache for plan in plans for cache in plan.caches}
+    for key in sorted(caches, key=lambda key: (*key[:3], key[3] != "train")):
+        cache = caches[key]
+        built = cache.prepare(comp, workers=usable_cores(), skip_corrupt=skip_corrupt)
+        emit(f"crop cache {cache.split} {cache.size} px (pad {cache.pad}): {built.path}")
 
 
 def _assemble(job: Job, emit: Callable[[str], None]) -> None:
@@ -139,12 +130,16 @@ def run_sweep(
     workspace = Path(workspace).absolute() if workspace is not None else None
     comp = Competition.load(data_dir, workspace=workspace)
     ensure_folds(comp)  # once, here: parallel jobs would each write the default split
-    k = fold_count(comp)
-    split = SplitInfo.of(comp)
-    images = images_sha256(comp)
-    # Numerics are those of each job's process (its node, threads): each fold-train checks them itself.
-    identities = {run.name: Identity.of(run.pipeline, split, images) for run in sweep.runs}
-    tracker = Tracker(runs_dir, uuid.uuid4().hex[:12], identities, emit)
+    data = DataState.of(comp)
+    k = data.k
+    plans: dict[str, RunPlan] = {}
+    refused: dict[str, str] = {}
+    for run in sweep.runs:
+        try:  # numerics are those of each job's process (its node, threads): each fold-train checks them itself
+            plans[run.name] = plan_run(run.pipeline, comp, runs_dir, data=data)
+        except KitError as exc:
+            refused[run.name] = str(exc)
+    tracker = Tracker(runs_dir, uuid.uuid4().hex[:12], plans, emit)
     emit(f"sweep {sweep.path}: {len(sweep.runs)} run(s) x {k} folds; {executor.describe()}")
 
     flags = tuple(flag for flag, on in (("--allow-mixed", allow_mixed), ("--skip-corrupt", skip_corrupt)) if on)
@@ -157,42 +152,31 @@ def run_sweep(
         flags += ("--track", "none")  # also off in the jobs (a pipeline's tracking section, $KIT_TRACKING_URI)
     jobs: list[Job] = []
     for run in sweep.runs:
+        plan = plans.get(run.name)
         path = pipeline_file(runs_dir, run.name)
-        write_text(path, dump_pipeline(run.pipeline))
-        run_dir = RunDir.under(runs_dir, run.name)
-        try:
-            finished = run_dir.check_folds(identities[run.name], k, allow_mixed=True)
-        except KitError as exc:
+        write_text(path, dump_pipeline(plan.pipeline if plan is not None else run.pipeline))
+        if plan is None:
             for fold in range(k):
-                tracker.failed_before_start(run.name, fold, str(exc))
+                tracker.failed_before_start(run.name, fold, refused[run.name])
             continue
-        for fold in range(k):
-            if fold in finished:
-                tracker.skipped(run.name, fold, finished[fold].mse)
-            else:
-                jobs.append(Job(run.name, fold, path, data_dir, runs_dir, workspace, flags))
+        for fold, summary in plan.folds.finished.items():
+            tracker.skipped(run.name, fold, summary.mse)
+        jobs += [Job(run.name, fold, path, data_dir, runs_dir, workspace, flags) for fold in plan.folds.to_train]
     if jobs:
-        _prepare_caches(comp, sweep, jobs, emit, skip_corrupt)
+        _prepare_caches(comp, [plans[name] for name in dict.fromkeys(job.run for job in jobs)], emit, skip_corrupt)
     for job in jobs:
         tracker.queued(job)
     executor.run(jobs, tracker, stop)
 
     result = SweepResult(sweep=sweep, jobs=list(tracker.jobs.values()), runs=[], stopped=stop)
     if not stop:
-        for run in sweep.runs:
-            run_dir = RunDir.under(runs_dir, run.name)
-            done = len(run_dir.finished_folds(k)) if run_dir.path.is_dir() else 0
-            if done == k and finished_metrics(run_dir, identities[run.name]) is None:
-                job = Job(run.name, 0, pipeline_file(runs_dir, run.name), data_dir, runs_dir, workspace, flags)
-                _assemble(job, emit)
+        for name, plan in plans.items():
+            if len(plan.finished_folds()) == k and plan.finished_metrics() is None:
+                _assemble(Job(name, 0, pipeline_file(runs_dir, name), data_dir, runs_dir, workspace, flags), emit)
     for run in sweep.runs:
-        run_dir = RunDir.under(runs_dir, run.name)
-        metrics = finished_metrics(run_dir, identities[run.name])
-        try:
-            identity = identities[run.name]
-            done = len([s for s in run_dir.finished_folds(k).values() if identity.matches(s.identity, numerics=False)])
-        except KitError:
-            done = 0
+        plan = plans.get(run.name)
+        metrics = plan.finished_metrics() if plan is not None else None
+        done = len(plan.finished_folds()) if plan is not None else 0
         result.runs.append(RunOutcome(run.name, metrics.oof_mse if metrics else None, done, k))
     if sweep.blend is not None and not stop:
         _blend(sweep, result, runs_dir, data_dir, submissions_dir, emit)

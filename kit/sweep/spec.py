@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from kit.blend.weights import Method
 from kit.config import ConfigSection, Pipeline, load_pipeline
+from kit.ensemble.weights import Method
 from kit.errors import KitError
 from kit.names import check_name
 
@@ -186,6 +186,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
 
 
 def _load(source: Path, overrides: list[str], where: str) -> Pipeline:
+    import kit.models  # noqa: F401  (registers the model families' config sections)
+
     try:
         return load_pipeline(source, overrides)
     except KitError as exc:

@@ -14,8 +14,8 @@ from kit.data.competition import Competition
 from kit.data.derived import flip_permutation
 from kit.data.gpu_augment import make_batch_transform
 from kit.data.prepare import prepare_crops
+from kit.data.tensors import autocast, prepare_input
 from kit.models import create_model
-from kit.predict.inputs import autocast, prepare_input
 from kit.train.engine import make_optimizer, train_one_epoch
 from kit.train.fold import FoldData, train_loader
 

@@ -6,16 +6,16 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kit.checkpoint import EpochProgress
 from kit.config import OptimConfig, Pipeline
+from kit.data.tensors import autocast, prepare_input
 from kit.errors import KitError
 from kit.models.base import LandmarkModel
-from kit.predict.inputs import autocast, prepare_input
 from kit.progress import Reporter
 from kit.train.sampling import BATCH, TORCH, stream_seed
 
@@ -54,21 +54,6 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float, backbone_frozen: boo
 
 class NonFiniteLoss(KitError):
     """Training produced a non-finite loss or gradient norm."""
-
-
-@dataclass
-class EpochProgress:
-    """How far an epoch got: carried in a mid-epoch checkpoint so a resumed epoch reports what an uninterrupted
-    one would (its mean loss over all its steps)."""
-
-    next_step: int = 0  # steps of the epoch done
-    loss_sum: float = 0.0
-    images: int = 0
-    seconds: float = 0.0
-
-    @property
-    def mean_loss(self) -> float:
-        return self.loss_sum / self.next_step if self.next_step else float("nan")
 
 
 def train_one_epoch(

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from timm.utils import ModelEmaV3
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from kit.checkpoint import load_checkpoint, save_checkpoint
+from kit.checkpoint import BestCheckpoint, EpochProgress, LastCheckpoint
 from kit.config import Pipeline
 from kit.data.dataset import ConcatCrops, CropDataset, RawCropBatches, keep_batch
 from kit.data.gpu_augment import make_batch_transform
@@ -28,7 +29,7 @@ from kit.predict.tta import predict_original as _predict_original
 from kit.progress import Reporter, SilentReporter
 from kit.runs import EpochStats, FoldSummary, Identity, Numerics, RunDir
 from kit.train.distributed import DistInfo, barrier, check_in_sync, select_device
-from kit.train.engine import EpochProgress, NonFiniteLoss, make_optimizer, train_one_epoch
+from kit.train.engine import NonFiniteLoss, make_optimizer, train_one_epoch
 from kit.train.pseudo import PseudoLabels
 from kit.train.sampling import EpochSampler
 from kit.train.signals import Interrupted, StopRequest
@@ -117,28 +118,6 @@ def predict_original(
     )
 
 
-def _earlier_numerics(state: dict, identity: Identity) -> list[Numerics]:
-    """The other numerics a resumed checkpoint was trained with (``--allow-mixed``), its own last."""
-    mixed = [Numerics.model_validate(n) for n in state.get("mixed_numerics") or ()]
-    saved = (state.get("identity") or {}).get("numerics")
-    if saved is not None:
-        numerics = Numerics.model_validate(saved)
-        if numerics != identity.numerics and numerics not in mixed:
-            mixed.append(numerics)
-    return mixed
-
-
-def _resume(state: dict, model, optimizer, ema) -> tuple[list[EpochStats], dict, float, int, EpochProgress | None]:
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if ema is not None and state.get("ema") is not None:
-        ema.load_state_dict(state["ema"])
-    history = [EpochStats.model_validate(h) for h in state["history"]]
-    partial = EpochProgress(**state["partial"]) if state.get("partial") else None
-    next_epoch = state["epoch"] if partial is not None else state["epoch"] + 1
-    return history, state["best"], state["elapsed"], next_epoch, partial
-
-
 @contextlib.contextmanager
 def runtime_faults(fold: int, pipeline: Pipeline):
     """Turn the faults of a training process into one-line errors that name the fold and the remedy."""
@@ -190,7 +169,83 @@ def train_fold(
         Interrupted: ``stop`` was set; a resumable checkpoint was saved first.
         NonFiniteLoss: the loss or gradient norm became non-finite; the last finite checkpoint stays.
     """
-    reporter = reporter or SilentReporter()
+    f, state = _build_fold(pipeline, data, fold, run, identity, device, dist, reporter or SilentReporter(), stop)
+    for epoch in range(state.start_epoch, pipeline.train.epochs):
+        epoch_start = time.perf_counter()
+        progress = _run_epoch(f, state, epoch, epoch_start)
+        if dist.is_main:
+            stats = _validate(f, epoch, progress)
+            _keep_epoch(f, state, epoch, stats, epoch_start)
+        barrier(dist)
+        if epoch + 1 < pipeline.train.epochs and _stop_now(stop, dist):
+            raise _interrupted(f, epoch, None)
+    return _finish_fold(f, state)
+
+
+@dataclass
+class _Fold:
+    """One fold's training, built once by ``_build_fold``: what every epoch works with."""
+
+    pipeline: Pipeline
+    data: FoldData
+    fold: int
+    run: RunDir
+    identity: Identity
+    device: torch.device
+    dist: DistInfo
+    reporter: Reporter
+    stop: StopRequest | None
+    seed: int  # of every random stream of the fold (kit.train.sampling)
+    train_rows: np.ndarray  # training-cache rows trained on
+    valid_rows: np.ndarray  # training-cache rows of the fold: validated, then predicted (OOF)
+    truth: np.ndarray  # their points, original pixels
+    loader: DataLoader
+    sampler: EpochSampler
+    steps_per_epoch: int
+    model: LandmarkModel
+    train_model: nn.Module  # ``model``, wrapped in DDP when distributed
+    optimizer: torch.optim.Optimizer
+    ema: ModelEmaV3 | None  # the weights' EMA, validated instead of the model (train.ema)
+    batch_transform: Callable
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def last_path(self) -> Path:
+        return self.run.checkpoint(self.fold, "last")
+
+    @property
+    def best_path(self) -> Path:
+        return self.run.checkpoint(self.fold, "best")
+
+
+@dataclass
+class _FoldState:
+    """How far the fold got: what ``last.pt`` keeps besides the weights."""
+
+    history: list[EpochStats] = field(default_factory=list)  # the finished epochs
+    best_valid_mse: float = float("inf")
+    best_epoch: int = -1
+    elapsed: float = 0.0  # seconds of training so far
+    start_epoch: int = 0  # the first epoch this process trains
+    partial: EpochProgress | None = None  # how far ``start_epoch`` got before a stop inside it
+    mixed: list[Numerics] = field(default_factory=list)  # earlier numerics the fold trained with (--allow-mixed)
+
+
+def _build_fold(
+    pipeline: Pipeline,
+    data: FoldData,
+    fold: int,
+    run: RunDir,
+    identity: Identity,
+    device: torch.device,
+    dist: DistInfo,
+    reporter: Reporter,
+    stop: StopRequest | None,
+) -> tuple[_Fold, _FoldState]:
+    """Seed, the loader, the model, optimiser and EMA, resumed from ``last.pt`` when there is one."""
     cfg = pipeline.train
     seed = cfg.seed * 1000 + fold
     torch.manual_seed(seed)
@@ -198,7 +253,6 @@ def train_fold(
     # Images with corrupt data (--skip-corrupt) are predicted, never trained on.
     train_rows = np.setdiff1d(np.flatnonzero(data.folds != fold), data.train_cache.corrupt)
     valid_rows = np.flatnonzero(data.folds == fold)
-    n_points = data.points.shape[1]
 
     pseudo = None
     if data.pseudo is not None:
@@ -211,7 +265,7 @@ def train_fold(
     if cfg.max_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
 
-    model = create_model(pipeline, n_points)
+    model = create_model(pipeline, data.points.shape[1])
     # Mean training shape in model-input pixels (the centre crop): the regression head starts there.
     model.set_mean_shape(torch.from_numpy(loader.dataset.points.mean() - data.train_cache.pad))
     model.to(device)
@@ -219,44 +273,9 @@ def train_fold(
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, pipeline.optim, device)
     ema = ModelEmaV3(model, decay=cfg.ema) if cfg.ema else None
-
-    history: list[EpochStats] = []
-    best = {"valid_mse": float("inf"), "epoch": -1}
-    start_epoch, elapsed, partial = 0, 0.0, None
-    mixed: list[Numerics] = []
-    last_path, best_path = run.checkpoint(fold, "last"), run.checkpoint(fold, "best")
-    if last_path.is_file():
-        state = load_checkpoint(last_path)
-        history, best, elapsed, start_epoch, partial = _resume(state, model, optimizer, ema)
-        mixed = _earlier_numerics(state, identity)
-        where = f"epoch {start_epoch + 1} step {partial.next_step}" if partial else f"epoch {start_epoch}"
-        also = f" (trained so far with {', '.join(n.describe() for n in mixed)}: --allow-mixed)" if mixed else ""
-        reporter.message(f"fold {fold}: resuming after {where}{also}")
-
-    def save_last(epoch: int, progress: EpochProgress | None) -> None:
-        save_checkpoint(
-            last_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "epoch": epoch,
-                "partial": dataclasses.asdict(progress) if progress is not None else None,
-                "history": [h.model_dump() for h in history],
-                "best": best,
-                "elapsed": elapsed,
-                "identity": identity.model_dump(),
-                "mixed_numerics": [n.model_dump() for n in mixed],
-            },
-        )
-
-    def interrupted(epoch: int, step: int | None) -> Interrupted:
-        where = f"epoch {epoch + 1}" + (f" step {step}" if step is not None else " end")
-        return Interrupted(
-            f"{stop.name} in fold {fold} {where}: saved {last_path}; rerun the same command to resume", stop.signum
-        )
-
+    state = _resume(run.checkpoint(fold, "last"), model, optimizer, ema, identity, fold, reporter)
     train_model = DistributedDataParallel(model) if dist.enabled else model
+
     # Photometric augmentation (and, with augment.gpu, the geometry too) runs on the device for both paths.
     batch_transform = make_batch_transform(
         pipeline.augment,
@@ -269,106 +288,194 @@ def train_fold(
         seed + 1000 * dist.rank,
         geometry_on_device=pipeline.augment.gpu,
     )
-    truth = read_rows(data.points, valid_rows)
-    for epoch in range(start_epoch, cfg.epochs):
-        progress, partial = partial or EpochProgress(), None
-        sampler.set_epoch(epoch, skip=progress.next_step * cfg.batch_size)
-        epoch_start = time.perf_counter()
-        reporter.start_epoch(fold, epoch, cfg.epochs, steps_per_epoch)
-        progress = train_one_epoch(
-            train_model,
-            loader,
-            optimizer,
-            pipeline,
-            device,
-            epoch,
-            steps_per_epoch,
-            ema,
-            reporter,
-            batch_transform,
-            progress=progress,
-            should_stop=(lambda: bool(stop)) if not dist.enabled else None,
-            seed=seed + 1000 * dist.rank,
-            fold=fold,
-        )
-        if progress.next_step < steps_per_epoch:  # stopped by a signal at a step boundary
-            if dist.is_main:
-                elapsed += time.perf_counter() - epoch_start
-                save_last(epoch, progress)
-            raise interrupted(epoch, progress.next_step)
-        if dist.is_main:
-            valid_start = time.perf_counter()
-            eval_model = ema.module if ema is not None else model
-            original = predict_original(eval_model, data.train_cache, valid_rows, pipeline, device, None)
-            scores = landmark_scores(original, truth, data.nme_points)
-            valid_mse = scores.mse
-            if not np.isfinite(valid_mse):
-                raise NonFiniteLoss(
-                    f"fold {fold} epoch {epoch + 1}: validation predictions are not finite; lower "
-                    f"optim.lr (now {pipeline.optim.lr:g}) or set optim.clip_grad"
-                )
-            epoch_stats = EpochStats(
-                epoch=epoch,
-                epochs=cfg.epochs,
-                train_loss=progress.mean_loss,
-                train_images=progress.images,
-                train_seconds=progress.seconds,
-                valid_mse=valid_mse,
-                valid_nme=scores.nme,
-                valid_seconds=time.perf_counter() - valid_start,
-                images_per_second=progress.images * dist.world_size / max(progress.seconds, 1e-9),
-            )
-            is_best = epoch_stats.valid_mse < best["valid_mse"]
-            if is_best:
-                best = {"valid_mse": epoch_stats.valid_mse, "epoch": epoch}
-                save_checkpoint(
-                    best_path,
-                    {
-                        "model": eval_model.state_dict(),
-                        "epoch": epoch,
-                        "valid_mse": epoch_stats.valid_mse,
-                        "identity": identity.model_dump(),
-                    },
-                )
-            elapsed += time.perf_counter() - epoch_start
-            history.append(epoch_stats)
-            save_last(epoch, None)
-            reporter.end_epoch(fold, epoch, epoch_stats.model_dump() | {"is_best": is_best})
-        barrier(dist)
-        if epoch + 1 < cfg.epochs and _stop_now(stop, dist):
-            raise interrupted(epoch, None)
+    built = _Fold(
+        pipeline=pipeline,
+        data=data,
+        fold=fold,
+        run=run,
+        identity=identity,
+        device=device,
+        dist=dist,
+        reporter=reporter,
+        stop=stop,
+        seed=seed,
+        train_rows=train_rows,
+        valid_rows=valid_rows,
+        truth=read_rows(data.points, valid_rows),
+        loader=loader,
+        sampler=sampler,
+        steps_per_epoch=steps_per_epoch,
+        model=model,
+        train_model=train_model,
+        optimizer=optimizer,
+        ema=ema,
+        batch_transform=batch_transform,
+    )
+    return built, state
 
-    check_in_sync(model, dist)
+
+def _resume(last_path: Path, model, optimizer, ema, identity: Identity, fold: int, reporter: Reporter) -> _FoldState:
+    """Load ``last.pt`` into the model, optimiser and EMA when there is one; the fold's state so far."""
+    if not last_path.is_file():
+        return _FoldState()
+    saved = LastCheckpoint.load(last_path)
+    model.load_state_dict(saved.model)
+    optimizer.load_state_dict(saved.optimizer)
+    if ema is not None and saved.ema is not None:
+        ema.load_state_dict(saved.ema)
+    # The other numerics the checkpoint was trained with (--allow-mixed), its own last.
+    mixed = list(saved.mixed_numerics)
+    numerics = saved.identity.numerics
+    if numerics is not None and numerics != identity.numerics and numerics not in mixed:
+        mixed.append(numerics)
+    state = _FoldState(
+        history=saved.history,
+        best_valid_mse=saved.best_valid_mse,
+        best_epoch=saved.best_epoch,
+        elapsed=saved.elapsed,
+        start_epoch=saved.next_epoch,
+        partial=saved.partial,
+        mixed=mixed,
+    )
+    partial = saved.partial
+    where = f"epoch {state.start_epoch + 1} step {partial.next_step}" if partial else f"epoch {state.start_epoch}"
+    also = f" (trained so far with {', '.join(n.describe() for n in mixed)}: --allow-mixed)" if mixed else ""
+    reporter.message(f"fold {fold}: resuming after {where}{also}")
+    return state
+
+
+def _run_epoch(f: _Fold, state: _FoldState, epoch: int, epoch_start: float) -> EpochProgress:
+    """Train one epoch (from where a stop inside it left off).
+
+    Raises:
+        Interrupted: ``stop`` was set inside the epoch; ``last.pt`` was saved at that step first.
+    """
+    cfg = f.pipeline.train
+    progress, state.partial = state.partial or EpochProgress(), None
+    f.sampler.set_epoch(epoch, skip=progress.next_step * cfg.batch_size)
+    f.reporter.start_epoch(f.fold, epoch, cfg.epochs, f.steps_per_epoch)
+    progress = train_one_epoch(
+        f.train_model,
+        f.loader,
+        f.optimizer,
+        f.pipeline,
+        f.device,
+        epoch,
+        f.steps_per_epoch,
+        f.ema,
+        f.reporter,
+        f.batch_transform,
+        progress=progress,
+        should_stop=(lambda: bool(f.stop)) if not f.dist.enabled else None,
+        seed=f.seed + 1000 * f.dist.rank,
+        fold=f.fold,
+    )
+    if progress.next_step < f.steps_per_epoch:  # stopped by a signal at a step boundary
+        if f.dist.is_main:
+            state.elapsed += time.perf_counter() - epoch_start
+            _save_last(f, state, epoch, progress)
+        raise _interrupted(f, epoch, progress.next_step)
+    return progress
+
+
+def _validate(f: _Fold, epoch: int, progress: EpochProgress) -> EpochStats:
+    """The epoch's statistics, with the validation MSE and NME of the (EMA) model in original pixels, without TTA.
+
+    Raises:
+        NonFiniteLoss: the validation predictions are not finite.
+    """
+    valid_start = time.perf_counter()
+    original = predict_original(f.eval_model, f.data.train_cache, f.valid_rows, f.pipeline, f.device, None)
+    scores = landmark_scores(original, f.truth, f.data.nme_points)
+    if not np.isfinite(scores.mse):
+        raise NonFiniteLoss(
+            f"fold {f.fold} epoch {epoch + 1}: validation predictions are not finite; lower "
+            f"optim.lr (now {f.pipeline.optim.lr:g}) or set optim.clip_grad"
+        )
+    return EpochStats(
+        epoch=epoch,
+        epochs=f.pipeline.train.epochs,
+        train_loss=progress.mean_loss,
+        train_images=progress.images,
+        train_seconds=progress.seconds,
+        valid_mse=scores.mse,
+        valid_nme=scores.nme,
+        valid_seconds=time.perf_counter() - valid_start,
+        images_per_second=progress.images * f.dist.world_size / max(progress.seconds, 1e-9),
+    )
+
+
+def _keep_epoch(f: _Fold, state: _FoldState, epoch: int, stats: EpochStats, epoch_start: float) -> None:
+    """Record a finished epoch: ``best.pt`` when it is the best so far, its statistics, then ``last.pt``."""
+    is_best = stats.valid_mse < state.best_valid_mse
+    if is_best:
+        state.best_valid_mse, state.best_epoch = stats.valid_mse, epoch
+        BestCheckpoint(f.eval_model.state_dict(), epoch, stats.valid_mse, f.identity).save(f.best_path)
+    state.elapsed += time.perf_counter() - epoch_start
+    state.history.append(stats)
+    _save_last(f, state, epoch, None)
+    f.reporter.end_epoch(f.fold, epoch, stats.model_dump() | {"is_best": is_best})
+
+
+def _save_last(f: _Fold, state: _FoldState, epoch: int, progress: EpochProgress | None) -> None:
+    LastCheckpoint(
+        model=f.model.state_dict(),
+        optimizer=f.optimizer.state_dict(),
+        ema=f.ema.state_dict() if f.ema is not None else None,
+        epoch=epoch,
+        partial=progress,
+        history=state.history,
+        best_valid_mse=state.best_valid_mse,
+        best_epoch=state.best_epoch,
+        elapsed=state.elapsed,
+        identity=f.identity,
+        mixed_numerics=state.mixed,
+    ).save(f.last_path)
+
+
+def _interrupted(f: _Fold, epoch: int, step: int | None) -> Interrupted:
+    where = f"epoch {epoch + 1}" + (f" step {step}" if step is not None else " end")
+    return Interrupted(
+        f"{f.stop.name} in fold {f.fold} {where}: saved {f.last_path}; rerun the same command to resume",
+        f.stop.signum,
+    )
+
+
+def _finish_fold(f: _Fold, state: _FoldState) -> FoldSummary | None:
+    """Predict the fold's OOF and test rows with the best epoch's weights and the run's TTA, and write them with
+    the summary (main process); the other processes return None."""
+    check_in_sync(f.model, f.dist)
     summary = None
-    if dist.is_main:
-        model.load_state_dict(load_checkpoint(best_path)["model"])
+    if f.dist.is_main:
+        pipeline, data, fold = f.pipeline, f.data, f.fold
+        f.model.load_state_dict(BestCheckpoint.load(f.best_path).model)
         tta = data.flip_perm if pipeline.tta.hflip else None
-        with reporter.progress(len(valid_rows), f"fold {fold} OOF predictions") as advance:
-            oof = predict_original(model, data.train_cache, valid_rows, pipeline, device, tta, advance)
+        with f.reporter.progress(len(f.valid_rows), f"fold {fold} OOF predictions") as advance:
+            oof = predict_original(f.model, data.train_cache, f.valid_rows, pipeline, f.device, tta, advance)
         test_rows = np.arange(len(data.test_cache.transforms()))
-        with reporter.progress(len(test_rows), f"fold {fold} test predictions") as advance:
-            test = predict_original(model, data.test_cache, test_rows, pipeline, device, tta, advance)
-        images = sum(h.train_images for h in history) * dist.world_size
-        seconds = sum(h.train_seconds for h in history)
-        scores = landmark_scores(oof, truth, data.nme_points)
+        with f.reporter.progress(len(test_rows), f"fold {fold} test predictions") as advance:
+            test = predict_original(f.model, data.test_cache, test_rows, pipeline, f.device, tta, advance)
+        images = sum(h.train_images for h in state.history) * f.dist.world_size
+        seconds = sum(h.train_seconds for h in state.history)
+        scores = landmark_scores(oof, f.truth, data.nme_points)
         summary = FoldSummary(
             fold=fold,
             mse=scores.mse,
             nme=scores.nme,
             failure_rate=scores.failure_rate,
-            best_epoch=best["epoch"],
-            best_valid_mse_no_tta=best["valid_mse"],
-            epochs=cfg.epochs,
-            wall_seconds=elapsed,
+            best_epoch=state.best_epoch,
+            best_valid_mse_no_tta=state.best_valid_mse,
+            epochs=pipeline.train.epochs,
+            wall_seconds=state.elapsed,
             images_per_second=images / max(seconds, 1e-9),
-            n_train=len(train_rows),
-            n_valid=len(valid_rows),
-            history=tuple(history),
-            identity=identity,
-            world_size=dist.world_size,
-            mixed_numerics=tuple(mixed),
+            n_train=len(f.train_rows),
+            n_valid=len(f.valid_rows),
+            history=tuple(state.history),
+            identity=f.identity,
+            world_size=f.dist.world_size,
+            mixed_numerics=tuple(state.mixed),
         )
-        run.write_fold(fold, summary, oof, test)  # the summary last: its presence marks the fold finished
-        last_path.unlink(missing_ok=True)
-    barrier(dist)
+        f.run.write_fold(fold, summary, oof, test)  # the summary last: its presence marks the fold finished
+        f.last_path.unlink(missing_ok=True)
+    barrier(f.dist)
     return summary

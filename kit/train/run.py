@@ -18,32 +18,18 @@ from kit.data.competition import Competition
 from kit.data.derived import ensure_flip_permutation, ensure_folds, flip_permutation, fold_count
 from kit.data.folds import load_folds
 from kit.data.images import unreadable
-from kit.data.prepare import images_sha256, prepare_crops
-from kit.errors import DataError, KitError
+from kit.data.prepare import images_sha256
+from kit.errors import DataError
 from kit.io import check_output_folder
 from kit.metrics import face_sizes, format_nme, normalisation
-from kit.progress import Reporter, SilentReporter
+from kit.progress import FoldRecord, RecordingReporter, RecordSink, Reporter, RunRecord, SilentReporter
 from kit.runs import Identity, RunDir, RunMetrics, SplitInfo
 from kit.tracking import RunTracking, Tracker
 from kit.train.distributed import barrier, current_numerics, init_distributed, select_device
 from kit.train.fold import FoldData, runtime_faults, train_fold
+from kit.train.plan import RunPlan, parse_fold_selection, plan_run
 from kit.train.pseudo import load_pseudo_labels
-from kit.train.pseudo import resolve as resolve_pseudo
 from kit.train.signals import Interrupted, stop_on_signals
-
-
-def parse_fold_selection(text: str, k: int) -> list[int]:
-    """``all`` or a comma list such as ``0,2``."""
-    if text.strip() == "all":
-        return list(range(k))
-    try:
-        chosen = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise KitError(f"--folds {text!r}: expected 'all' or a comma list of fold numbers") from None
-    bad = [f for f in chosen if not 0 <= f < k]
-    if bad or not chosen:
-        raise KitError(f"--folds {text!r}: the split has {k} folds, numbered 0..{k - 1}")
-    return chosen
 
 
 def check_images(comp: Competition) -> None:
@@ -63,8 +49,8 @@ def check_images(comp: Competition) -> None:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a validated fold-train will do."""
+class Checked:
+    """A validated fold-train's data and fold selection."""
 
     comp: Competition
     k: int
@@ -78,7 +64,7 @@ def validate(
     folds: str = "all",
     workspace: str | Path | None = None,
     nme_points: tuple[int, int] | None = None,
-) -> Plan:
+) -> Checked:
     """Check the pipeline and the data without writing anything (but the parsed-table cache).
 
     ``nme_points`` overrides the data's ``nme_points.txt``; either is checked against the faces (every face has a
@@ -98,12 +84,7 @@ def validate(
     create_model(pipeline, comp.n_points)  # the backbone exists, its weights are available, the input size fits
     nme_points = comp.resolve_nme_points(nme_points)
     face_sizes(comp.train.points, nme_points, source=str(comp.train_csv), names=comp.train.file_names)
-    return Plan(comp=comp, k=k, folds=selected, nme_points=nme_points)
-
-
-def _caches(comp: Competition, pipeline: Pipeline, skip_corrupt: bool = False):
-    size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
-    return tuple(prepare_crops(comp, s, size, margin, pad, skip_corrupt=skip_corrupt) for s in ("train", "test"))
+    return Checked(comp=comp, k=k, folds=selected, nme_points=nme_points)
 
 
 def run_identity(pipeline: Pipeline, comp: Competition, split: SplitInfo, device=None) -> Identity:
@@ -118,8 +99,9 @@ def _skipped(reporter: Reporter, cache, names, what: str) -> None:
         reporter.message(f"--skip-corrupt: {len(cache.corrupt)} {what} image(s) with corrupt data: {listed}")
 
 
-def _pseudo_labels(pipeline: Pipeline, comp: Competition, split: SplitInfo, k: int):
-    return load_pseudo_labels(pipeline.pseudo, comp, split, k) if pipeline.pseudo is not None else None
+def _pseudo_labels(plan: RunPlan, comp: Competition):
+    cfg = plan.pipeline.pseudo
+    return load_pseudo_labels(cfg, comp, plan.split, plan.folds.k) if cfg is not None else None
 
 
 def fold_train(
@@ -133,6 +115,7 @@ def fold_train(
     allow_mixed: bool = False,
     skip_corrupt: bool = False,
     tracker: Tracker | None = None,
+    records: RecordSink | None = None,
 ) -> RunMetrics | None:
     """Train every selected fold (finished folds are skipped, interrupted ones resumed), then, once all folds
     of the split are done, assemble the run (``kit.runs.RunDir.assemble``): OOF and test predictions, metrics, report.
@@ -141,53 +124,54 @@ def fold_train(
     a checkpoint of other labels, images, split or pipeline is refused, naming what changed; one of other numerics
     (CPU threads, device) too, unless ``allow_mixed`` (the run then records the mix). ``skip_corrupt`` trains
     without the training images whose data is corrupt (listing them) instead of refusing them. ``tracker``
-    (``kit.tracking``) logs the run, its folds and epochs; it never stops the training.
+    (``kit.tracking``) logs the run, its folds and epochs; it never stops the training. ``records``
+    (``kit.progress``) gets each epoch, fold and the run's end as a structured record (for ``kit sweep``).
 
     Returns the run metrics, or None while some folds of the split are still missing.
     """
     reporter = reporter or SilentReporter()
-    pipeline = resolve_pseudo(pipeline)  # its source's fingerprint is part of the run's identity
-    plan = validate(pipeline, data_dir, folds, workspace, nme_points)
-    comp = plan.comp
-    run = RunDir.under(out_dir, pipeline.name)
+    checked = validate(pipeline, data_dir, folds, workspace, nme_points)
+    comp = checked.comp
     check_output_folder(out_dir, "--out")
-    check_output_folder(run.path, "--out")
+    check_output_folder(RunDir.under(out_dir, pipeline.name).path, "--out")
     dist = init_distributed()
     device = select_device(dist)
+    records = records if records is not None and dist.is_main else RecordSink()
+    reporter = RecordingReporter(reporter, records) if records else reporter
     with contextlib.ExitStack() as stack:
         if dist.is_main:
             fold_of = ensure_folds(comp)
             perm = ensure_flip_permutation(comp, pipeline)
-            split = SplitInfo.of(comp)
-            pseudo = _pseudo_labels(pipeline, comp, split, plan.k)
-            identity = run_identity(pipeline, comp, split, device)
-            run.check_folds(identity, plan.k, allow_mixed)  # fail before building caches
-            train_cache, test_cache = _caches(comp, pipeline, skip_corrupt)
-            finished = stack.enter_context(run.claim(pipeline, split, plan.folds, perm, identity, allow_mixed))
+            plan = plan_run(pipeline, comp, out_dir, folds, current_numerics(device), allow_mixed)
+            pseudo = _pseudo_labels(plan, comp)
+            train_cache, test_cache = plan.prepare_caches(comp, skip_corrupt)  # after the checks: they may be long
+            claim = plan.run.claim(plan.pipeline, plan.split, plan.folds.selected, perm, plan.identity, allow_mixed)
+            finished = stack.enter_context(claim)
         barrier(dist)
         if not dist.is_main:
             fold_of = load_folds(comp.folds_csv, comp.train.file_names)
             perm = comp.flip_permutation()
-            split = SplitInfo.of(comp)
-            pseudo = _pseudo_labels(pipeline, comp, split, plan.k)
-            identity = run_identity(pipeline, comp, split, device)
-            train_cache, test_cache = _caches(comp, pipeline, skip_corrupt)
-            finished = run.finished_folds(plan.k)
+            plan = plan_run(pipeline, comp, out_dir, folds, current_numerics(device), allow_mixed=True)
+            pseudo = _pseudo_labels(plan, comp)
+            train_cache, test_cache = plan.prepare_caches(comp, skip_corrupt)
+            finished = plan.folds.finished
+        pipeline, run, identity = plan.pipeline, plan.run, plan.identity
         _skipped(reporter, train_cache, comp.train.file_names, "training")
         _skipped(reporter, test_cache, comp.test.file_names, "test")
         points = np.asarray(comp.train.points, dtype=np.float32)
-        data = FoldData(train_cache, test_cache, points, fold_of, perm, pseudo, plan.nme_points)
+        data = FoldData(train_cache, test_cache, points, fold_of, perm, pseudo, checked.nme_points)
         reporter.message(
             f"{pipeline.name}: {pipeline.model.family} {pipeline.model.backbone}, {len(fold_of)} train "
-            f"/ {len(comp.test)} test images, {comp.n_points} points, {plan.k} folds, device {device}"
+            f"/ {len(comp.test)} test images, {comp.n_points} points, {plan.folds.k} folds, device {device}"
         )
         lineage = pseudo.sources if pseudo is not None else ()
         on_main = tracker if tracker is not None and dist.is_main else Tracker.off()
         tracking = RunTracking(on_main, run, pipeline, identity, lineage)
         stop = stack.enter_context(stop_on_signals())
-        for fold in plan.folds:
+        for fold in plan.folds.selected:
             if fold in finished:
                 reporter.message(f"fold {fold}: done, skipped")
+                records.emit(FoldRecord(fold=fold, state="skipped", mse=finished[fold].mse))
                 continue
             if stop:
                 raise Interrupted(
@@ -195,6 +179,7 @@ def fold_train(
                     stop.signum,
                 )
             tracking.fold_started(fold)
+            records.emit(FoldRecord(fold=fold, state="started"))
             try:
                 with runtime_faults(fold, pipeline):
                     summary = train_fold(
@@ -204,10 +189,15 @@ def fold_train(
                 tracking.fold_stopped(fold, interrupted=isinstance(exc, (Interrupted, KeyboardInterrupt)))
                 raise
             tracking.fold_finished(fold, summary)
+            records.emit(FoldRecord(fold=fold, state="done", mse=summary.mse if summary is not None else None))
 
     if not dist.is_main:
         return None
-    metrics = assemble(run, pipeline, split, data, reporter, lineage, identity=identity, allow_mixed=allow_mixed)
+    metrics = assemble(run, pipeline, plan.split, data, reporter, lineage, identity=identity, allow_mixed=allow_mixed)
+    missing = (
+        () if metrics is not None else tuple(sorted(set(range(plan.folds.k)) - set(run.finished_folds(plan.folds.k))))
+    )
+    records.emit(RunRecord(name=pipeline.name, oof_mse=metrics.oof_mse if metrics else None, missing=missing))
     tracking.run_finished(metrics)
     return metrics
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_poses, symmetric_layout
 from shapes import ibug68_layout
+from tiny import random_poses, symmetric_layout
 
 from kit.data.augment import hflip
 from kit.data.flip import derive_flip_permutation, flip_points, load_permutation, mean_shape, save_permutation
+from kit.data.tensors import mirror_points
 from kit.errors import DataError
-from kit.predict.flip import mirror_points
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import set_args, tiny_settings
 from typer.testing import CliRunner
 
 from kit.cli import app
@@ -254,9 +255,7 @@ def test_fold_train_on_read_only_data(tiny, tmp_path, monkeypatch, read_only):
     monkeypatch.setenv("KIT_WORKSPACE", str(workspace))
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text("name: p\nmodel: {pretrained: {source: none}}\n")
-    tiny_settings = ["model.backbone=test_resnet", "input.size=32", "input.pad=4", "train.batch_size=4"]
-    tiny_settings += ["train.epochs=1", "train.num_workers=0", "train.report_images=0", "augment.blur=0"]
-    sets = sum((["--set", s] for s in tiny_settings), [])
+    sets = set_args(tiny_settings({"train.batch_size": 4}, drop=("augment.noise",)))
     command = ["fold-train", str(pipeline), "--data", str(data), "--out", str(tmp_path / "runs"), "--folds", "0"]
     result = CliRunner().invoke(app, [*command, *sets])
     assert result.exit_code == 0, result.output

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_competition
+from tiny import build_competition
 from typer.testing import CliRunner
 
-from kit.blend.blend import blend_runs
 from kit.checkpoint import load_checkpoint, save_checkpoint
 from kit.cli import app
 from kit.config import PseudoConfig, load_pipeline
@@ -27,6 +26,7 @@ from kit.data.competition import Competition
 from kit.data.folds import make_folds, write_folds
 from kit.data.landmarks import points_digest, read_landmarks
 from kit.data.prepare import crop_cache_path, images_sha256, prepare_crops
+from kit.ensemble.blend import blend_runs
 from kit.errors import DataError, KitError
 from kit.predict.infer import list_images
 from kit.runs import FoldSummary, Identity, Numerics, RunDir, SplitInfo, check_identity

@@ -7,6 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from kit import config
 from kit.config import ModelConfig, Pipeline, pipeline_from_dict
 from kit.errors import KitError
 from kit.models import _registry, create_model, family_config, list_families, register_family
@@ -44,14 +45,15 @@ class _FakeConfig(ModelConfig):
 
 
 def test_a_registered_family_validates_builds_and_unregistered_is_refused(monkeypatch):
-    monkeypatch.setattr(_registry, "_FAMILIES", dict(_registry._FAMILIES))
+    monkeypatch.setattr(_registry, "_FACTORIES", dict(_registry._FACTORIES))
+    monkeypatch.setattr(config, "_FAMILY_CONFIGS", dict(config._FAMILY_CONFIGS))
     built = []
     register_family("fake", config=_FakeConfig)(lambda pipeline, n_points: built.append(pipeline) or "model")
     assert family_config("fake") is _FakeConfig and "fake" in list_families()
     pipeline = pipeline_from_dict({"name": "t", "model": {"family": "fake", "width": 8}})
     assert isinstance(pipeline.model, _FakeConfig) and pipeline.model.width == 8
     assert create_model(pipeline, n_points=3) == "model" and built == [pipeline]
-    del _registry._FAMILIES["fake"]
+    del _registry._FACTORIES["fake"]
     choices = ", ".join(list_families())
     assert "heatmap" in choices and "regression" in choices
     with pytest.raises(KitError, match=rf"^unknown model family 'fake' \(choose from {choices}\)$"):

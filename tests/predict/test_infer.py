@@ -1,30 +1,29 @@
-"""``kit infer``: landmarks for any folder of images from a run's fold models or a blend, equal to test.npy."""
+"""``kit infer``: landmarks for any folder of images from a run's fold models, equal to test.npy, or from a blend's or
+stack's record, equal to its submission."""
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import build_competition
+from tiny import build_competition, tiny_pipeline
 from typer.testing import CliRunner
 
-from kit.blend.blend import blend_runs
 from kit.cli import app
 from kit.config import pipeline_from_dict
 from kit.data.competition import Competition
 from kit.data.folds import make_folds, write_folds
 from kit.data.prepare import prepare_crops
+from kit.ensemble import blend_runs, read_record, stack_runs
 from kit.errors import KitError
 from kit.predict.infer import _crops, infer
 from kit.runs import load_run
+from kit.submit.format import select_requested, validate_submission
 from kit.train import fold_train
 
 pytestmark = pytest.mark.slow  # trains models
 
-TINY = {
-    "model": {"backbone": "test_resnet", "pretrained": {"source": "none"}},
-    "input": {"size": 32, "pad": 4, "margin": 0.1},
-    "augment": {"blur": 0, "noise": 0},
-    "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "report_images": 0},
-}
+TINY = tiny_pipeline(
+    {"model": {"pretrained": {"source": "none"}}, "input": {"margin": 0.1}, "train": {"batch_size": 4}}
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +88,33 @@ def test_infer_from_a_blend_applies_its_weights(runs, tmp_path):
     np.testing.assert_allclose(result.points, expected, atol=1e-3)
 
 
+@pytest.mark.parametrize(("kind", "method"), [("stack", "ridge"), ("stack", "pca-ridge"), ("blend", "per-point")])
+def test_infer_from_a_record_reproduces_its_submission_from_any_working_directory(
+    runs, tmp_path, monkeypatch, kind, method
+):
+    base, data = runs
+    monkeypatch.chdir(base)  # the record names its runs as given here, relative
+    make = stack_runs if kind == "stack" else blend_runs
+    result = make(["runs/flip", "runs/plain"], data, method, name="ens", out_dir=tmp_path / "subs")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    images = data / "test" / "images"
+    done = CliRunner().invoke(app, ["infer", str(result.json), "--images", str(images), "--out", "ens.csv"])
+    assert done.exit_code == 0, done.output
+    names, points = _table(tmp_path / "elsewhere" / "ens.csv")
+    test = Competition.load(data).test
+    by_name = dict(zip(names, points, strict=True))
+    in_test_order = np.stack([by_name[name] for name in test.file_names])
+    submitted = validate_submission(result.csv, test)
+    np.testing.assert_allclose(select_requested(in_test_order, test), submitted, atol=1e-3)
+    if method == "per-point":  # one weight per point and run: the per-point weights are what infer applies
+        assert read_record(result.json).params["all.weights"].shape == (20, 2)
+
+
 def test_infer_refuses_bad_sources_and_existing_output(runs, tmp_path):
     base, data = runs
     images = data / "test" / "images"
-    with pytest.raises(KitError, match="expected a finished run folder or a blend's .json"):
+    with pytest.raises(KitError, match="expected a finished run folder or a blend's or stack's .json"):
         infer(data / "train" / "landmarks.csv", images, tmp_path / "x.csv")
     with pytest.raises(KitError, match="metrics.json: missing"):
         infer(data, images, tmp_path / "x.csv")

@@ -7,7 +7,7 @@ import typing
 import numpy as np
 import pytest
 import yaml
-from conftest import build_competition
+from tiny import build_competition, tiny_pipeline
 from typer.testing import CliRunner
 
 from kit.cli import app
@@ -23,24 +23,24 @@ from kit.train import fold_train
 
 pytestmark = pytest.mark.slow  # trains models
 
-TINY_HEATMAP = {
-    "name": "hm",
-    "model": {
-        "family": "heatmap",
-        "backbone": "tu-test_resnet",
-        "heatmap": {
-            "stride": 4,
-            "decoder_channels": [8, 8, 8],
-            "heatmap_loss": "l2",
-            "coord_weight": 0.01,
-            "decoder": "local_soft_argmax",
+TINY_HEATMAP = tiny_pipeline(
+    {
+        "name": "hm",
+        "model": {
+            "family": "heatmap",
+            "backbone": "tu-test_resnet",
+            "heatmap": {
+                "stride": 4,
+                "decoder_channels": [8, 8, 8],
+                "heatmap_loss": "l2",
+                "coord_weight": 0.01,
+                "decoder": "local_soft_argmax",
+            },
         },
-    },
-    "input": {"size": 32, "pad": 4},
-    "augment": {"blur": 0, "noise": 0},
-    "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "report_images": 2},
-    "tta": {"hflip": False},
-}
+        "train": {"batch_size": 4, "report_images": 2},
+        "tta": {"hflip": False},
+    }
+)
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ensemble_records import fake_record
 from kaggle_server import FakeKaggle
 from typer.testing import CliRunner
 
@@ -25,19 +25,8 @@ def blend_csv(folder: Path, name: str, test, cv_mse: float, seed: int = 0, kind:
     folder.mkdir(parents=True, exist_ok=True)
     points = np.random.default_rng(seed).uniform(0, 100, size=(len(test.file_names), 6, 2))
     csv = write_submission(folder / f"{name}.csv", points, test)
-    prefix = "stack" if kind == "stack" else "blend"
-    record = {
-        "name": name,
-        "submission": csv.name,
-        "runs": [{"run": "reg", "oof_mse": cv_mse + 1}, {"run": "hm", "oof_mse": cv_mse + 2}],
-        f"{prefix}_mse": cv_mse,
-        f"{prefix}_nme": cv_mse / 3,
-        f"{prefix}_failure_rate": 0.0,
-        "submission_sha256": file_sha256(csv),
-    }
-    if kind:
-        record["kind"] = kind
-    (folder / f"{name}.json").write_text(json.dumps(record))
+    runs = {"reg": folder / "runs" / "reg", "hm": folder / "runs" / "hm"}
+    fake_record(folder / f"{name}.json", runs, kind or "blend", (cv_mse, cv_mse / 3, 0.0), 6, file_sha256(csv))
     return csv
 
 

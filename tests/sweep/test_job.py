@@ -1,5 +1,6 @@
-"""A job's child process: its log and parsed lines, its one-line error, a clean stop, death with its parent."""
+"""A job's child process: its log and records, its one-line error, a clean stop, death with its parent."""
 
+import os
 import subprocess
 import sys
 import time
@@ -7,7 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from kit.sweep.job import Job, child_env, marker, parse_line, run_job
+from kit.errors import KitError
+from kit.progress import (
+    PROGRESS_FD,
+    EpochRecord,
+    ErrorRecord,
+    RecordingReporter,
+    RecordSink,
+    SilentReporter,
+    format_epoch,
+)
+from kit.runs import EpochStats
+from kit.sweep.job import End, Job, Start, child_env, marker, read_event, relay_records, run_job
+from kit.sweep.progress import Tracker
 from kit.sweep.stop import StopSignal
 
 
@@ -15,17 +28,61 @@ def _script(body: str) -> list[str]:
     return [sys.executable, "-c", body]
 
 
-def test_parse_line():
-    assert parse_line("fold 2 epoch 3/10  loss 0.1234  valid MSE 12.345  99 img/s  (1.0s + 0.1s) *") == {
-        "event": "epoch",
-        "fold": 2,
-        "epoch": 3,
-        "epochs": 10,
-        "valid_mse": "12.345",
-    }
-    assert parse_line("error: data/x.csv: bad row 3\n") == {"event": "error", "text": "data/x.csv: bad row 3"}
-    assert parse_line(marker("start", attempt=2, where="node 1")) == {"event": "start", "attempt": 2, "where": "node 1"}
-    assert parse_line("#sweep not json") is None and parse_line("loading") is None
+STATS = EpochStats(
+    epoch=2,
+    epochs=10,
+    train_loss=0.1234,
+    train_images=64,
+    train_seconds=1.0,
+    images_per_second=99.0,
+    valid_mse=12.345,
+    valid_seconds=0.25,
+    valid_nme=1.5,
+)
+
+
+def test_what_fold_train_emits_is_what_the_sweep_reads(tmp_path):
+    """The child's real emitter (an epoch as kit.train.fold reports it, an error) through the sweep's real reader."""
+    read_end, write_end = os.pipe()
+    sink = RecordSink.from_env({PROGRESS_FD: str(write_end)})  # as fold-train opens it under kit sweep
+    stats = STATS.model_dump() | {"is_best": True}
+    RecordingReporter(SilentReporter(), sink).end_epoch(2, 2, stats)
+    with pytest.raises(KitError), sink.failures():
+        raise KitError("data/x.csv: bad row 3")
+    os.close(write_end)
+    lines: list[str] = []
+    with open(read_end, "rb") as stream:
+        relay_records(stream, lines.append)  # as run_job writes them into the job's log
+    assert [read_event(line) for line in lines] == [
+        EpochRecord(
+            fold=2,
+            epoch=3,
+            epochs=10,
+            loss=0.1234,
+            valid_mse=12.345,
+            valid_nme=1.5,
+            images_per_second=99.0,
+            seconds=1.25,
+            best=True,
+        ),
+        ErrorRecord(text="data/x.csv: bad row 3"),
+    ]
+    seen: list[str] = []
+    tracker = Tracker(tmp_path, "sweep", {}, seen.append)
+    for line in lines:
+        tracker.line(Job("r", 2, tmp_path / "r.yaml", tmp_path, tmp_path), line)
+    assert seen[-1].endswith("r fold 2: epoch 3/10, valid MSE 12.345")
+    assert tracker.jobs[("r", 2)].epoch == "3/10" and tracker.jobs[("r", 2)].error == "data/x.csv: bad row 3"
+    # what a person reads of the same epoch is unchanged
+    assert format_epoch(2, 2, stats) == "fold 2 epoch 3/10  loss 0.1234  valid MSE 12.345  99 img/s  (1.0s + 0.2s) *"
+
+
+def test_log_lines_that_are_not_records_are_ignored():
+    assert read_event(marker(Start(attempt=2, where="node 1"))) == Start(attempt=2, where="node 1")
+    assert marker(End(returncode=1)) == '#sweep {"event": "end", "returncode": 1}'
+    assert read_event("#sweep not json") is None and read_event('#sweep {"event": "unknown"}') is None
+    assert read_event("fold 2 epoch 3/10  loss 0.1234  valid MSE 12.345") is None  # console text is for people
+    assert RecordSink.from_env({}).fd is None and RecordSink.from_env({PROGRESS_FD: "9", "RANK": "1"}).fd is None
 
 
 def test_job_command_is_a_plain_fold_train(tmp_path):
@@ -49,25 +106,36 @@ def test_job_command_is_a_plain_fold_train(tmp_path):
 
 
 @pytest.mark.slow  # spawns processes
-def test_output_goes_to_the_log_and_the_last_error_line_is_the_jobs_error(tmp_path):
+def test_output_and_records_go_to_the_log_and_the_last_error_record_is_the_jobs_error(tmp_path):
     body = (
-        "import sys, os\n"
-        "print('fold 0 epoch 1/2  loss 1.0  valid MSE 3.5  10 img/s')\n"
+        "import os, sys\n"
+        "from kit.errors import KitError\n"
+        "from kit.progress import RecordingReporter, RecordSink, SilentReporter, format_epoch\n"
+        f"stats = {STATS.model_dump()!r}\n"
+        "sink = RecordSink.from_env()\n"
+        "print(format_epoch(0, 0, stats))\n"
+        "RecordingReporter(SilentReporter(), sink).end_epoch(0, 0, stats)\n"
         "print('threads', os.environ['OMP_NUM_THREADS'])\n"
-        "print('error: first', file=sys.stderr)\n"
-        "print('error: pipelines/x.yaml: unknown key', file=sys.stderr)\n"
-        "sys.exit(1)\n"
+        "try:\n"
+        "    with sink.failures():\n"
+        "        raise KitError('pipelines/x.yaml: unknown key')\n"
+        "except KitError as exc:\n"
+        "    print(f'error: {exc}', file=sys.stderr)\n"
+        "    print('a last line', file=sys.stderr)\n"
+        "    sys.exit(1)\n"
     )
     seen, started = [], []
     log = tmp_path / "logs" / "j.log"
     outcome = run_job(
-        _script(body), child_env(3), log, header=marker("start"), on_line=seen.append, on_start=started.append
+        _script(body), child_env(3), log, header=marker(Start()), on_line=seen.append, on_start=started.append
     )
     assert outcome.returncode == 1 and outcome.error == "pipelines/x.yaml: unknown key" and not outcome.interrupted
     assert started == [outcome.pid]
     assert "threads 3" in seen and seen[0].startswith("#sweep ")
+    [epoch] = [event for line in seen if isinstance(event := read_event(line), EpochRecord)]
+    assert (epoch.fold, epoch.epoch, epoch.epochs, epoch.valid_mse) == (0, 1, 10, 12.345)
     text = log.read_text()
-    assert text.startswith("#sweep ") and "valid MSE 3.5" in text and text.rstrip().endswith('"returncode": 1}')
+    assert text.startswith("#sweep ") and "valid MSE 12.345" in text and text.rstrip().endswith('"returncode": 1}')
     run_job(_script("print('again')"), child_env(1), log)  # attempts append
     assert log.read_text().startswith(text) and "again" in log.read_text()
 

@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import EPOCHS, TINY, kit_command, run_kit, set_args, write_sweep
+from sweep_helpers import EPOCHS, TINY, write_sweep
+from tiny import kit_command, run_kit, set_args
 from typer.testing import CliRunner
 
 from kit.checkpoint import load_checkpoint
@@ -84,7 +85,7 @@ def test_two_concurrent_cpu_jobs_train_every_fold_then_blend(local_sweep, sweep_
         str(folder / "runs"),
         "--submissions",
         str(folder / "subs"),
-        *set_args(EPOCHS),
+        *set_args(TINY + EPOCHS),
     )
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("finished earlier, skipped") == 6 and "running on" not in again.stdout
@@ -112,11 +113,11 @@ def test_a_failed_job_does_not_stop_the_others(sweep_data, tmp_path):
     ]
     tiny = [item for item in TINY if not item.startswith("model.backbone=")]  # each pipeline names its backbone
 
-    bad_set = run_kit("sweep", *args, *set_args(["optim.lrr=1"]))
+    bad_set = run_kit("sweep", *args, *set_args([*TINY, "optim.lrr=1"]))
     assert bad_set.returncode == 1 and "unknown key 'optim.lrr'" in bad_set.stderr  # before any job
     assert not (tmp_path / "runs" / "tiny_a").exists()
 
-    done = run_kit("sweep", *args, "--jobs", "2", *sum((["--set", item] for item in tiny), []))
+    done = run_kit("sweep", *args, "--jobs", "2", *set_args(tiny))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "3 job(s) failed: broken fold 0, broken fold 1, broken fold 2" in done.stderr
     assert "broken fold 0: failed" in done.stdout and "unknown timm model 'no_such_backbone'" in done.stdout
@@ -129,7 +130,7 @@ def test_a_failed_job_does_not_stop_the_others(sweep_data, tmp_path):
 def test_ctrl_c_stops_the_jobs_cleanly_and_the_same_command_continues(sweep_data, tmp_path):
     path = write_sweep(tmp_path, "pipelines:\n  - pipeline: tiny_a.yaml\n", {"tiny_a.yaml": "name: tiny_a\n"})
     args = [str(path), "--data", str(sweep_data), "--out", str(tmp_path / "runs"), "--jobs", "2"]
-    args += set_args(["train.epochs=100"])
+    args += set_args([*TINY, "train.epochs=100"])
     env = os.environ | {"COLUMNS": "200"}
     sweep = subprocess.Popen(
         kit_command("sweep", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env

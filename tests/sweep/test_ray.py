@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EPOCHS, TWO_PIPELINES, TWO_RUN_SWEEP, kit_command, set_args, write_sweep
 from ray_cluster import WORKER_HOST, LocalRayCluster, available
+from sweep_helpers import EPOCHS, TINY, TWO_PIPELINES, TWO_RUN_SWEEP, write_sweep
+from tiny import kit_command, set_args
 
-from kit.sweep.job import parse_line
+from kit.progress import EpochRecord
+from kit.sweep.job import Start, read_event
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(available() is not None, reason=str(available()))]
 
@@ -21,8 +23,9 @@ def _job_on_worker_in_training(logs: Path) -> Path | None:
     for log in sorted(logs.glob("*.log")) if logs.is_dir() else []:
         text = log.read_text(errors="replace")
         attempt = text[text.rfind('#sweep {"event": "start"') :].splitlines()
-        head = parse_line(attempt[0]) if attempt else None
-        if head and head.get("host") == WORKER_HOST and sum(" epoch " in line for line in attempt) >= 2:
+        head = read_event(attempt[0]) if attempt else None
+        epochs = sum(isinstance(read_event(line), EpochRecord) for line in attempt)
+        if isinstance(head, Start) and head.host == WORKER_HOST and epochs >= 2:
             return log
     return None
 
@@ -36,7 +39,7 @@ def test_a_job_whose_node_dies_resumes_on_another_node_with_the_same_results(loc
     with LocalRayCluster(tmp_path / "ray", cpus=(1, 1)) as cluster:
         command = kit_command(
             "sweep", str(path), "--data", str(sweep_data), "--out", str(runs), "--submissions", str(folder / "subs"),
-            "--executor", "ray", "--address", cluster.address, "--retries", "2", *set_args(EPOCHS),
+            "--executor", "ray", "--address", cluster.address, "--retries", "2", *set_args(TINY + EPOCHS),
         )  # fmt: skip
         out = tmp_path / "sweep.out"
         sweep = cluster.popen(command, out, env=os.environ | {"COLUMNS": "200"})

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import write_sweep
+from sweep_helpers import write_sweep
 
 from kit.errors import KitError
 from kit.sweep.spec import format_value, load_sweep

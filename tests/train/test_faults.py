@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import set_args, tiny_settings
 from typer.testing import CliRunner
 
 from kit.cli import app
@@ -25,17 +26,10 @@ from kit.train.engine import NonFiniteLoss
 
 pytestmark = pytest.mark.slow  # trains models
 
-TINY = [
-    "model.backbone=test_resnet",
-    "model.drop_rate=0.2",
-    "input.size=32",
-    "input.pad=4",
-    "train.batch_size=4",
-    "train.epochs=3",
-    "train.num_workers=0",
-    "train.report_images=0",
-    "train.log_every=1",
-]
+TINY = tiny_settings(
+    {"model.drop_rate": 0.2, "train.batch_size": 4, "train.epochs": 3, "train.log_every": 1},
+    drop=("augment.blur", "augment.noise"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +45,6 @@ def _pipeline(tmp_path: Path, extra=()):
     path = tmp_path / "p.yaml"
     path.write_text("name: p\nmodel: {pretrained: {source: none}}\n")
     return path, load_pipeline(path, [*TINY, *extra])
-
-
-def _set_args(extra=()):
-    return sum((["--set", s] for s in [*TINY, *extra]), [])
 
 
 def _artifacts(run: Path) -> dict:
@@ -120,7 +110,7 @@ def test_kill_9_then_resume_ends_exactly_as_uninterrupted(data, tmp_path, uninte
         str(data),
         "--out",
         str(tmp_path / "runs"),
-        *_set_args(),
+        *set_args(TINY),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "runs" / "p" / "fold0" / "last.pt"
@@ -150,7 +140,7 @@ def test_signal_to_the_cli_saves_and_exits_with_its_code(data, tmp_path, sig, co
         str(data),
         "--out",
         str(tmp_path / "runs"),
-        *_set_args(["train.epochs=200"]),
+        *set_args([*TINY, "train.epochs=200"]),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = tmp_path / "runs" / "p" / "fold0" / "last.pt"
@@ -175,13 +165,13 @@ def test_signal_to_the_cli_saves_and_exits_with_its_code(data, tmp_path, sig, co
 def test_non_finite_loss_stops_the_fold_and_the_fixed_pipeline_restarts(data, tmp_path):
     path, _ = _pipeline(tmp_path)
     command = ["fold-train", str(path), "--data", str(data), "--out", str(tmp_path / "runs"), "--folds", "0"]
-    result = CliRunner().invoke(app, [*command, *_set_args(["optim.lr=1e6", "optim.clip_grad=null"])])
+    result = CliRunner().invoke(app, [*command, *set_args([*TINY, "optim.lr=1e6", "optim.clip_grad=null"])])
     assert result.exit_code == 1
     assert "fold 0 epoch " in result.output and "not finite; lower optim.lr (now 1e+06)" in result.output
     assert RunDir(tmp_path / "runs" / "p").read_fold(0) is None  # nothing marked done
-    again = CliRunner().invoke(app, [*command, *_set_args(["optim.lr=1e6", "optim.clip_grad=null"])])
+    again = CliRunner().invoke(app, [*command, *set_args([*TINY, "optim.lr=1e6", "optim.clip_grad=null"])])
     assert again.exit_code == 1 and "not finite" in again.output  # the same error, not a missing best.pt
-    fixed = CliRunner().invoke(app, [*command, *_set_args()])
+    fixed = CliRunner().invoke(app, [*command, *set_args(TINY)])
     assert fixed.exit_code == 0, fixed.output
     assert RunDir(tmp_path / "runs" / "p").read_fold(0) is not None
 

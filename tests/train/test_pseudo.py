@@ -1,16 +1,17 @@
-"""Pseudo-labels: fold k trains on test images labelled only by the source's fold-k models; lineage and identity."""
-
-import json
+"""Pseudo-labels: fold k trains on test images labelled only by the source's fold-k models (a blend's or stack's
+combined by its model fitted without fold k); lineage and identity."""
 
 import numpy as np
 import pytest
+from tiny import set_args, tiny_settings
 from typer.testing import CliRunner
 
 import kit.train.fold as fold_module
 from kit.cli import app
-from kit.config import load_pipeline
+from kit.config import PseudoConfig, load_pipeline
 from kit.data.competition import Competition
 from kit.data.folds import make_folds, write_folds
+from kit.ensemble import apply_fold, blend_runs, read_record, stack_runs
 from kit.errors import KitError
 from kit.runs import RunDir, SplitInfo, load_run
 from kit.synth import generate_competition
@@ -19,17 +20,7 @@ from kit.train.pseudo import load_pseudo_labels, resolve
 
 pytestmark = pytest.mark.slow  # trains models
 
-TINY = [
-    "model.backbone=test_resnet",
-    "input.size=32",
-    "input.pad=4",
-    "train.batch_size=4",
-    "train.epochs=1",
-    "train.num_workers=0",
-    "train.report_images=0",
-    "augment.blur=0",
-    "augment.noise=0",
-]
+TINY = tiny_settings({"train.batch_size": 4})
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +46,12 @@ def _load(base, name, extra=()):
     return load_pipeline(path, [*TINY, *extra])
 
 
-def test_fold_k_is_trained_only_on_labels_of_fold_k_models(source, tmp_path, monkeypatch):
+def _fold_tests(base, fold):
+    return [RunDir(base / "runs" / name).fold_predictions(fold, 100)[1] for name in ("a", "b")]
+
+
+@pytest.mark.parametrize("kind", ["run", "stack"])
+def test_fold_k_is_trained_only_on_labels_of_fold_k_models(source, tmp_path, monkeypatch, kind):
     base, root = source
     seen = {}
     real = fold_module.train_loader
@@ -66,37 +62,67 @@ def test_fold_k_is_trained_only_on_labels_of_fold_k_models(source, tmp_path, mon
         return real(pipeline, data, rows, device, seed, dist, pseudo)
 
     monkeypatch.setattr(fold_module, "train_loader", spy)
-    pipeline = _load(tmp_path, "p", [f"pseudo.source={base / 'runs' / 'a'}"])
+    labeller = base / "runs" / "a"
+    if kind == "stack":
+        labeller = stack_runs([base / "runs" / "a", base / "runs" / "b"], root, out_dir=tmp_path / "subs").json
+    pipeline = _load(tmp_path, "p", [f"pseudo.source={labeller}"])
     metrics = fold_train(pipeline, root, out_dir=tmp_path / "runs")
     assert sorted(seen) == [0, 1]
     for fold, (rows, labels) in seen.items():
         assert len(rows) == 8
-        np.testing.assert_array_equal(labels, 1000.0 * (fold + 1))  # run a's fold-k models, and no other fold's
-    assert metrics.lineage == (str((base / "runs" / "a").resolve()),)
+        if kind == "run":
+            np.testing.assert_array_equal(labels, 1000.0 * (fold + 1))  # run a's fold-k models, and no other fold's
+            continue
+        # the stacker fitted without fold k, on the fold-k models' predictions: intercept + weights . runs
+        params = read_record(labeller).params
+        weights, intercept = params[f"fold{fold}.weights"], params[f"fold{fold}.intercept"]  # (Q, R), (Q,)
+        expected = intercept + weights @ (1000.0 * (fold + 1) + np.array([0.0, 1.0]))  # run b is 1 px off
+        np.testing.assert_allclose(labels, np.broadcast_to(expected.reshape(100, 2), labels.shape), atol=1e-3)
+        other = read_record(labeller).params[f"fold{1 - fold}.weights"]
+        assert not np.allclose(weights, other)  # each fold its own stacker
+    runs = ("a",) if kind == "run" else ("a", "b")
+    assert metrics.lineage == tuple(str((base / "runs" / name).resolve()) for name in runs)
     assert load_run(tmp_path / "runs" / "p").split == load_run(base / "runs" / "a").split  # blendable
 
 
-def test_blend_sources_are_weighted_and_filtered_by_their_spread(source, tmp_path):
+def test_blend_sources_are_weighted_by_fold_and_filtered_by_their_spread(source, tmp_path, monkeypatch):
     base, root = source
-    record = {
-        "inputs": [{"run": "a", "path": str(base / "runs" / "a")}, {"run": "b", "path": str(base / "runs" / "b")}],
-        "weights": {"a": 0.25, "b": 0.75},
-    }
-    (tmp_path / "blend.json").write_text(json.dumps(record))
     comp = Competition.load(root)
-    pipeline = resolve(_load(tmp_path, "p", [f"pseudo.source={tmp_path / 'blend.json'}"]))
+    monkeypatch.chdir(base)  # the blend names its runs relative to where it was made
+    blend = blend_runs(["runs/a", "runs/b"], root, method="weights", out_dir=tmp_path / "subs")
+    monkeypatch.chdir(tmp_path)  # and is used from anywhere
+    pipeline = resolve(_load(tmp_path, "p", [f"pseudo.source={blend.json}"]))
     labels = load_pseudo_labels(pipeline.pseudo, comp, SplitInfo.of(comp), 2)
+    record = read_record(blend.json)
     for fold in (0, 1):
-        np.testing.assert_allclose(labels.for_fold(fold)[1], 1000.0 * (fold + 1) + 0.75)
+        w = record.params[f"fold{fold}.weights"]  # fitted without fold k
+        np.testing.assert_allclose(labels.for_fold(fold)[1], 1000.0 * (fold + 1) + w[1], atol=1e-3)
+        np.testing.assert_array_equal(labels.for_fold(fold)[1], apply_fold(record, fold, _fold_tests(base, fold)))
     # The runs disagree by 1 px in x and y everywhere: a spread of sqrt(0.25 + 0.25) = 0.71 px.
-    strict = resolve(_load(tmp_path, "p", [f"pseudo.source={tmp_path / 'blend.json'}", "pseudo.max_spread=0.6"]))
+    strict = resolve(_load(tmp_path, "p", [f"pseudo.source={blend.json}", "pseudo.max_spread=0.6"]))
     strict_labels = load_pseudo_labels(strict.pseudo, comp, SplitInfo.of(comp), 2)
     assert all(len(strict_labels.for_fold(fold)[0]) == 0 for fold in (0, 1))
-    loose = resolve(_load(tmp_path, "p", [f"pseudo.source={tmp_path / 'blend.json'}", "pseudo.max_spread=0.8"]))
+    loose = resolve(_load(tmp_path, "p", [f"pseudo.source={blend.json}", "pseudo.max_spread=0.8"]))
     loose_labels = load_pseudo_labels(loose.pseudo, comp, SplitInfo.of(comp), 2)
     assert all(len(loose_labels.for_fold(fold)[0]) == 8 for fold in (0, 1))
     with pytest.raises(KitError, match=r"pseudo.max_spread: .*/a is one run"):
         resolve(_load(tmp_path, "p", [f"pseudo.source={base / 'runs' / 'a'}", "pseudo.max_spread=1"]))
+
+
+def test_an_ensemble_of_another_split_or_with_a_missing_run_is_refused_in_one_line(source, tmp_path):
+    base, root = source
+    comp = Competition.load(root)
+    stack = stack_runs([base / "runs" / "a", base / "runs" / "b"], root, out_dir=tmp_path / "subs")
+    cfg = PseudoConfig(source=stack.json)
+    other = SplitInfo.of(comp).model_copy(update={"folds_sha256": "0" * 64})
+    with pytest.raises(KitError) as info:
+        load_pseudo_labels(cfg, comp, other, 2)
+    assert str(info.value).startswith(f"{stack.json}: a stack fitted on other data or folds than {root}")
+    assert "fold k's from models that never saw fold k" in str(info.value) and "\n" not in str(info.value)
+    moved = stack.json.read_text().replace('"../', '"../../')  # the record alone moved: its runs are not there
+    (tmp_path / "subs" / "moved.json").write_text(moved)
+    with pytest.raises(KitError, match=r"moved.json: run 'a' not found at .*/a \(moved or deleted"):
+        resolve(_load(tmp_path, "p", [f"pseudo.source={tmp_path / 'subs' / 'moved.json'}"]))
 
 
 def test_weight_draws_a_fraction_of_the_labelled_images_each_epoch(source, tmp_path):
@@ -115,8 +141,12 @@ def test_a_retrained_source_changes_the_identity(source, tmp_path):
     assert resolve(pipeline) == pipeline  # resolving twice changes nothing
 
 
-def test_cli_names_the_run_and_it_blends_with_its_source(source, tmp_path):
+@pytest.mark.parametrize("kind", ["run", "stack"])
+def test_cli_names_the_run_and_it_blends_with_its_source(source, tmp_path, kind):
     base, root = source
+    labeller = base / "runs" / "a"
+    if kind == "stack":
+        labeller = stack_runs([base / "runs" / "a", base / "runs" / "b"], root, out_dir=tmp_path / "subs").json
     path = tmp_path / "p.yaml"
     path.write_text("name: p\nmodel: {pretrained: {source: none}}\n")
     result = CliRunner().invoke(
@@ -127,10 +157,10 @@ def test_cli_names_the_run_and_it_blends_with_its_source(source, tmp_path):
             "--data",
             str(root),
             "--from",
-            str(base / "runs" / "a"),
+            str(labeller),
             "--out",
             str(tmp_path / "runs"),
-            *sum((["--set", s] for s in TINY), []),
+            *set_args(TINY),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -162,20 +192,22 @@ def test_a_folds_labels_read_in_row_chunks_equal_the_whole_array_sums(monkeypatc
 
     rng = np.random.default_rng(0)
     tests = rng.normal(100, 1, (3, 2, 11, 4, 2)).astype(np.float32)  # run, fold, test row, point, xy
-    weights = [0.2, np.array([0.1, 0.3, 0.5, 0.7]), 0.4]  # a per-point weight too
+    weights = np.stack([np.full(4, 0.2), np.array([0.1, 0.3, 0.5, 0.7]), np.full(4, 0.4)])[:, None, :, None]
 
-    def member(r):
-        run = SimpleNamespace(fold_predictions=lambda fold, n_points: (None, tests[r, fold]))
-        return SimpleNamespace(run=run, weight=weights[r])
+    def run(r):
+        return SimpleNamespace(fold_predictions=lambda fold, n_points: (None, tests[r, fold]))
 
-    labels = PseudoLabels(tuple(member(r) for r in range(3)), 4, 11, max_spread, 1.0, ("a", "b", "c"))
+    def combine_fold(fold, block):  # per-point weights, fold 1's doubled: the fold's model
+        return ((1 + fold) * weights * np.stack(block)).sum(axis=0).astype(np.float32)
+
+    source = SimpleNamespace(runs=tuple(run(r) for r in range(3)), combine_fold=combine_fold)
+    labels = PseudoLabels(source, 4, 11, max_spread, 1.0, ("a", "b", "c"))
     monkeypatch.setattr(kit.io, "CHUNK_BYTES", 3 * 4 * 2 * 4 * 3)  # 3 rows of the 3 runs a chunk
     advanced = []
     for fold in (0, 1):
         keep, points = labels.for_fold(fold, advanced.append)
-        w = np.stack([np.broadcast_to(np.asarray(v, np.float64), (4,)) for v in weights])[:, None, :, None]
         stack = tests[:, fold].astype(np.float64)
-        np.testing.assert_array_equal(points, (w * stack).sum(axis=0).astype(np.float32))
+        np.testing.assert_array_equal(points, ((1 + fold) * weights * stack).sum(axis=0).astype(np.float32))
         spread = np.sqrt(stack.var(axis=0).sum(axis=-1).mean(axis=-1))
         expected = np.arange(11) if max_spread is None else np.flatnonzero(spread <= max_spread)
         np.testing.assert_array_equal(keep, expected)

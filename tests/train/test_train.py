@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import set_args, tiny_settings
 from typer.testing import CliRunner
 
 from kit.cli import app
@@ -20,26 +21,25 @@ from kit.data.competition import Competition
 from kit.data.folds import load_folds, make_folds, write_folds
 from kit.errors import KitError
 from kit.metrics import landmark_scores, mse
-from kit.progress import SilentReporter
+from kit.progress import (
+    PROGRESS_FD,
+    EpochRecord,
+    ErrorRecord,
+    FoldRecord,
+    RecordSink,
+    RunRecord,
+    SilentReporter,
+    read_record,
+)
 from kit.runs import RunDir, SplitInfo, load_run
 from kit.synth import generate_competition
 from kit.train import fold_train
+from kit.train.plan import plan_run
 from kit.train.run import run_identity
 
 pytestmark = pytest.mark.slow  # trains models
 
-TINY = [
-    "model.backbone=test_resnet",
-    "input.size=32",
-    "input.pad=4",
-    "train.batch_size=8",
-    "train.epochs=2",
-    "train.num_workers=0",
-    "train.report_images=2",
-    "optim.lr=3e-3",
-    "augment.blur=0",
-    "augment.noise=0",
-]
+TINY = tiny_settings({"train.epochs": 2, "train.report_images": 2, "optim.lr": "3e-3"})
 
 
 @pytest.fixture(scope="module")
@@ -117,47 +117,54 @@ def test_fold_train_writes_the_run_contract(tiny_data, tmp_path):
     assert mse(oof, comp.train.points) < mse(centre, comp.train.points) / 10
 
 
+def _records(work) -> list:
+    """The records ``work(sink)`` writes to a progress pipe (as under kit sweep), read back."""
+    read_end, write_end = os.pipe()
+    try:
+        work(RecordSink(write_end))
+    finally:
+        os.close(write_end)
+    with open(read_end, "rb") as stream:
+        return [read_record(line) for line in stream]
+
+
 def test_rerun_skips_finished_folds_and_refuses_a_changed_pipeline(tiny_data, tmp_path):
     path, pipeline = _pipeline(tmp_path, "again")
-    fold_train(pipeline, tiny_data, out_dir=tmp_path / "runs", folds="0")
+    records = _records(lambda sink: fold_train(pipeline, tiny_data, out_dir=tmp_path / "runs", folds="0", records=sink))
     done = tmp_path / "runs" / "again" / "fold0" / "done.json"
     stamp = done.stat().st_mtime_ns
     assert not (tmp_path / "runs" / "again" / "oof.npy").exists()  # folds 1, 2 still missing
-    result = CliRunner().invoke(
-        app,
-        [
-            "fold-train",
-            str(path),
-            "--data",
-            str(tiny_data),
-            "--out",
-            str(tmp_path / "runs"),
-            "--folds",
-            "0",
-            *sum((["--set", s] for s in TINY), []),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "fold 0: done, skipped" in result.output
+    mse0 = RunDir(tmp_path / "runs" / "again").read_fold(0).mse
+    assert [(type(r), getattr(r, "state", None)) for r in records] == [
+        (FoldRecord, "started"),
+        (EpochRecord, None),
+        (EpochRecord, None),
+        (FoldRecord, "done"),
+        (RunRecord, None),
+    ]
+    assert [(r.epoch, r.epochs) for r in records[1:3]] == [(1, 2), (2, 2)] and records[3].mse == mse0
+    assert records[4] == RunRecord(name="again", oof_mse=None, missing=(1, 2))
+    # what a sweep plans for the run is what fold-train does with it
+    plan = plan_run(pipeline, Competition.load(tiny_data), tmp_path / "runs")
+    assert plan.folds.to_train == (1, 2) and list(plan.folds.finished) == [0] and plan.finished_metrics() is None
+    assert plan_run(pipeline, Competition.load(tiny_data), tmp_path / "runs", folds="0").folds.skipped == (0,)
+
+    def cli(sink: RecordSink, *extra: str):
+        args = ["fold-train", str(path), "--data", str(tiny_data), "--out", str(tmp_path / "runs"), "--folds", "0"]
+        args += [*set_args(TINY), *extra]
+        return CliRunner().invoke(app, args, env={PROGRESS_FD: str(sink.fd)})
+
+    outputs = []
+    records = _records(lambda sink: outputs.append(cli(sink)))
+    assert outputs[0].exit_code == 0, outputs[0].output
+    assert "fold 0: done, skipped" in outputs[0].output  # what a person reads is unchanged
+    assert records[0] == FoldRecord(fold=0, state="skipped", mse=mse0)
     assert done.stat().st_mtime_ns == stamp
-    result = CliRunner().invoke(
-        app,
-        [
-            "fold-train",
-            str(path),
-            "--data",
-            str(tiny_data),
-            "--out",
-            str(tmp_path / "runs"),
-            "--folds",
-            "0",
-            *sum((["--set", s] for s in TINY), []),
-            "--set",
-            "optim.lr=0.1",
-        ],
-    )
-    assert result.exit_code == 1
-    assert "fold0: finished with a different pipeline" in result.output
+    records = _records(lambda sink: outputs.append(cli(sink, "--set", "optim.lr=0.1")))
+    assert outputs[1].exit_code == 1
+    assert "fold0: finished with a different pipeline" in outputs[1].output
+    [error] = records
+    assert isinstance(error, ErrorRecord) and f"error: {error.text}" in outputs[1].output  # the same one line
 
 
 def test_kill_9_mid_fold_then_resume(tiny_data, tmp_path):
@@ -172,7 +179,7 @@ def test_kill_9_mid_fold_then_resume(tiny_data, tmp_path):
         str(tiny_data),
         "--out",
         str(tmp_path / "runs"),
-        *sum((["--set", s] for s in TINY), []),
+        *set_args(TINY),
         "--set",
         "train.epochs=30",
     ]
@@ -220,7 +227,7 @@ def test_two_process_ddp_on_cpu(tiny_data, tmp_path):
             str(tmp_path / "runs"),
             "--folds",
             "0",
-            *sum((["--set", s] for s in TINY), []),
+            *set_args(TINY),
         ],
         capture_output=True,
         text=True,

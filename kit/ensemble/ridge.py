@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from kit.stack.stats import FoldStats
+from kit.ensemble.stats import FoldStats
 
 # Ridge strengths tried (times the coordinate's mean feature variance); inf = the runs' mean plus a bias.
 RIDGE_GRID = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, np.inf)

@@ -1,4 +1,9 @@
-"""Model inputs on the device: uint8 crops to normalised float, and bf16 autocast on CUDA."""
+"""Tensors on the device, shared by augmentation, training and TTA: model inputs from uint8 crops, bf16 autocast,
+and the point flip.
+
+The left/right permutation is data (``flip_permutation.txt``): mirroring an image moves the point that was
+``perm[i]`` into slot ``i``.
+"""
 
 from __future__ import annotations
 
@@ -36,3 +41,16 @@ def to_unit_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def prepare_input(images: torch.Tensor, model, device: torch.device, channels_last: bool) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on the device; normalising there keeps host work small."""
     return normalise(to_unit_float(images, device), model.mean, model.std, channels_last)
+
+
+def mirror_points(points: torch.Tensor, width: float, perm: torch.Tensor, rows: torch.Tensor | None = None):
+    """Mirror (B, P, 2) pixel points across the vertical axis of a ``width``-pixel image and swap identities.
+
+    Pixel centres are at integers, so x becomes ``width - 1 - x``. With ``rows`` (a (B,) bool mask) only those
+    rows are mirrored; the others are returned unchanged. Applying it twice gives back ``points``.
+    """
+    mirrored = points[:, perm].clone()
+    mirrored[..., 0] = (width - 1) - mirrored[..., 0]
+    if rows is None:
+        return mirrored
+    return torch.where(rows.to(points.device).view(-1, 1, 1), mirrored, points)

@@ -1,16 +1,15 @@
 """``stack_runs``: a second-level model over finished runs' OOF predictions, scored by nested CV against the best
-blend on the same folds, written like a blend (submission, provenance record, per-point error picture)."""
+blend on the same folds, written like a blend (submission, record with the fitted stacker, per-point error picture)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
-from kit.blend.inputs import (
+from kit.ensemble.inputs import (
     Inputs,
     RunScore,
     check_finite_grams,
@@ -21,32 +20,29 @@ from kit.blend.inputs import (
     run_entries,
     write_outputs,
 )
-from kit.blend.nested import (
-    PREDICT_ROWS,
-    NestedScore,
-    by_fold,
-    everywhere,
-    face_nme,
-    nested_blend,
-    nested_cv,
-    run_point_mse,
+from kit.ensemble.nested import NestedScore, by_fold, everywhere, face_nme, nested_blend, nested_cv, run_point_mse
+from kit.ensemble.params import stacker_params
+from kit.ensemble.record import (
+    BestBlend,
+    RidgeInfo,
+    ShapeInfo,
+    Stacker,
+    StackFoldModel,
+    StackRecord,
+    apply,
+    arrays_path,
 )
-from kit.blend.report import plot_point_errors
-from kit.blend.rows import mean_row, one_blas_thread, run_blocks
-from kit.blend.weights import Method
+from kit.ensemble.report import plot_point_errors
+from kit.ensemble.ridge import RIDGE_GRID, PointRidge, grid_label
+from kit.ensemble.rows import mean_row, one_blas_thread
+from kit.ensemble.shape import CORRECTION_GRID, PcaRidge, component_grid
+from kit.ensemble.stack_nested import Model, StackScore, nested_pca_ridge, nested_ridge
+from kit.ensemble.stats import accumulate
+from kit.ensemble.weights import Method
 from kit.metrics import Scores, nme_summary
 from kit.runs import Run
-from kit.stack.nested import StackScore, nested_pca_ridge, nested_ridge
-from kit.stack.ridge import RIDGE_GRID, PointRidge, grid_label
-from kit.stack.shape import CORRECTION_GRID, PcaRidge, component_grid
-from kit.stack.stats import accumulate, rows_per_chunk
 
-
-class Model(str, Enum):
-    """The second-level model."""
-
-    ridge = "ridge"  # per point and coordinate: intercept + ridge weights per run, shrunk toward the runs' mean
-    pca_ridge = "pca-ridge"  # ridge, then a ridge correction of shared errors in a PCA basis of whole faces
+__all__ = ["Model", "StackResult", "stack_runs"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +57,8 @@ class StackResult:
     blend_method: str
     blend_fold_mse: list[float]
     csv: Path
-    json: Path
+    json: Path  # the record (kit.ensemble.record)
+    npz: Path  # its fitted parameters
     png: Path
     stack_scores: Scores  # nested CV: MSE (= stack_mse), NME and failure rate
     in_sample_scores: Scores  # the stacker on the rows it was fitted on
@@ -78,53 +75,44 @@ class StackResult:
         return self.blend_mse - self.stack_mse
 
 
-def predict_test(model: PointRidge | PcaRidge, runs: Sequence[Run]) -> np.ndarray:
-    """The stacker applied to the runs' test predictions, in row chunks: (M, P, 2) float32."""
-    tests = [run.test for run in runs]
-    m, p, _ = tests[0].shape
-    out = np.empty((m, p, 2), dtype=np.float32)
-    for rows, x in run_blocks(tests, rows_per_chunk(8 * 2 * p * len(runs)), PREDICT_ROWS, "test rows: stack"):
-        out[rows] = model.predict_runs(x).reshape(-1, p, 2)
-    return out
-
-
 def _stage1(model: PointRidge | PcaRidge) -> PointRidge:
     return model.stage1 if isinstance(model, PcaRidge) else model
 
 
-def _stacker_record(score: StackScore, labels: Sequence[str], n_points: int) -> dict:
+def _stacker(score: StackScore, labels: Sequence[str]) -> Stacker:
+    """The choices of the stacker fitted on all folds (its arrays go in the record's NAME.npz)."""
     stage1 = _stage1(score.model)
-    record = {
-        "ridge": {
-            "strength": stage1.info["strength"],
-            "strength_grid": [grid_label(s) for s in RIDGE_GRID],
-            "strength_note": "times each coordinate's mean feature variance; inf: the runs' mean plus a bias",
-            "cv_sse": stage1.info["cv_sse"],
-            "weights": {
-                label: round(float(w), 6) for label, w in zip(labels, stage1.weights.mean(axis=0), strict=True)
-            },
-            "per_point_weights": np.round(stage1.weights.reshape(n_points, 2, -1), 6).tolist(),
-            "intercepts": np.round(stage1.intercept.reshape(n_points, 2), 6).tolist(),
-        }
-    }
-    if isinstance(score.model, PcaRidge):
-        correction = score.model.correction
-        record["shape"] = {
-            "components": correction.k,
-            "components_grid": list(component_grid(correction.basis.components.shape[0])),
-            "strength": grid_label(correction.strength),
-            "strength_grid": [grid_label(s) for s in CORRECTION_GRID],
-            "explained_variance": np.round(correction.basis.variance[: correction.k], 6).tolist(),
-            "cv_sse": correction.info["cv_sse"],
-        }
+    ridge = RidgeInfo(
+        strength=stage1.info["strength"],
+        strength_grid=tuple(grid_label(s) for s in RIDGE_GRID),
+        cv_sse=stage1.info["cv_sse"],
+        weights={label: round(float(w), 6) for label, w in zip(labels, stage1.weights.mean(axis=0), strict=True)},
+    )
+    if not isinstance(score.model, PcaRidge):
+        return Stacker(ridge=ridge)
+    correction = score.model.correction
+    shape = ShapeInfo(
+        components=correction.k,
+        components_grid=component_grid(correction.basis.components.shape[0]),
+        strength=grid_label(correction.strength),
+        strength_grid=tuple(grid_label(s) for s in CORRECTION_GRID),
+        explained_variance=tuple(np.round(correction.basis.variance[: correction.k], 6).tolist()),
+        cv_sse=correction.info["cv_sse"],
+    )
+    return Stacker(ridge=ridge, shape=shape)
+
+
+def _fold_models(score: StackScore) -> tuple[StackFoldModel, ...]:
+    """What each fold's stacker (fitted without that fold) chose."""
     folds = []
     for k, model in enumerate(score.fold_models):
-        entry = {"fold": k, "fitted_on": list(model.fitted_on), "ridge_strength": _stage1(model).info["strength"]}
+        shape = {}
         if isinstance(model, PcaRidge):
-            entry |= {"components": model.correction.k, "shape_strength": grid_label(model.correction.strength)}
-        folds.append(entry)
-    record["fold_models"] = folds
-    return record
+            shape = {"components": model.correction.k, "shape_strength": grid_label(model.correction.strength)}
+        folds.append(
+            StackFoldModel(fold=k, fitted_on=model.fitted_on, ridge_strength=_stage1(model).info["strength"], **shape)
+        )
+    return tuple(folds)
 
 
 def _face_nme(
@@ -149,7 +137,7 @@ def stack_runs(
     force: bool = False,
     nme_points: tuple[int, int] | None = None,
 ) -> StackResult:
-    """Stack finished runs and write ``out_dir/NAME.csv``, ``NAME.json`` and ``NAME.png``.
+    """Stack finished runs and write ``out_dir/NAME.csv``, ``NAME.json`` (with ``NAME.npz``) and ``NAME.png``.
 
     The stacker is fitted on the runs' OOF predictions. The reported stack MSE comes from nested CV over the folds
     of ``folds.csv``: for each held-out fold the stacker, its inner-CV choices and (``pca-ridge``) its PCA basis are
@@ -159,7 +147,7 @@ def stack_runs(
     all folds.
 
     The runs, data and outputs are checked as by ``kit blend``: runs share one split that matches the data, and an
-    existing NAME.csv, NAME.json or NAME.png is refused unless ``force``, which replaces all three together.
+    existing NAME.csv, NAME.json, NAME.npz or NAME.png is refused unless ``force``, which replaces them together.
 
     Raises:
         KitError: as ``blend_runs``.
@@ -184,8 +172,6 @@ def _stack(model: Model, inputs: Inputs) -> StackResult:
     point_mse = run_point_mse(stats.grams, stats.rows)  # R, P
     oof_mse = point_mse.mean(axis=1)
     score = nested_ridge(stats) if model is Model.ridge else nested_pca_ridge(stats, oof, truth, folds)
-    stacked = predict_test(score.model, runs)
-    check_finite_test(runs, stacked)
     per_run, per_face = _face_nme(runs, truth, folds, inputs.sizes, score, blend)
     run_nme = [nme_summary(faces) for faces in per_run]
     nested = Scores(score.mse, *nme_summary(per_face["stack"]))
@@ -195,38 +181,36 @@ def _stack(model: Model, inputs: Inputs) -> StackResult:
     weights = _stage1(score.model).weights.mean(axis=0)
     gain = blend.mse - score.mse
     csv_path, json_path, png_path = inputs.outputs
-    record = {
-        "name": inputs.name,
-        "kind": "stack",
-        "model": model.value,
-        "submission": csv_path.name,
-        **provenance(comp, runs, labels, n_folds),
-        "runs": run_entries(labels, oof_mse, run_nme, weights),
-        "weight_note": "each run's ridge weight (stage 1 of pca-ridge), averaged over points and coordinates",
-        "best_run": labels[int(np.argmin(oof_mse))],
-        "stack_mse": score.mse,
-        "stack_mse_note": "nested CV: the stacker, its inner-CV choices and PCA basis fitted on the other folds, "
-        "scored on the held-out fold",
-        "stack_fold_mse": [float(v) for v in score.fold_mse],
-        "stack_nme": nested.nme,
-        "stack_failure_rate": nested.failure_rate,
-        "in_sample_mse": score.in_sample_mse,
-        "in_sample_nme": in_sample.nme,
-        "in_sample_failure_rate": in_sample.failure_rate,
-        "in_sample_note": "optimistic: the stacker fitted on all folds, scored on the same rows",
+    record = StackRecord(
+        name=inputs.name,
+        method=model,
+        submission=csv_path.name,
+        **provenance(comp, runs, labels, n_folds, json_path.parent),
+        runs=run_entries(labels, oof_mse, run_nme, weights),
+        best_run=labels[int(np.argmin(oof_mse))],
+        stack_mse=score.mse,
+        stack_fold_mse=tuple(float(v) for v in score.fold_mse),
+        stack_nme=nested.nme,
+        stack_failure_rate=nested.failure_rate,
+        in_sample_mse=score.in_sample_mse,
+        in_sample_nme=in_sample.nme,
+        in_sample_failure_rate=in_sample.failure_rate,
         **nme_record(inputs.nme_points),
-        "best_blend": {
-            "method": blend_method.value,
-            "mse": blend.mse,
-            "nme": blend_scores.nme,
-            "failure_rate": blend_scores.failure_rate,
-            "fold_mse": [float(v) for v in blend.fold_mse],
-            "method_mse": {method.value: result.mse for method, result in blends.items()},
-        },
-        "beats_best_blend": bool(gain > 0),
-        "gain_over_best_blend": float(gain),
-        "stacker": _stacker_record(score, labels, comp.n_points),
-    }
+        best_blend=BestBlend(
+            method=blend_method,
+            mse=blend.mse,
+            nme=blend_scores.nme,
+            failure_rate=blend_scores.failure_rate,
+            fold_mse=tuple(float(v) for v in blend.fold_mse),
+            method_mse={method.value: result.mse for method, result in blends.items()},
+        ),
+        beats_best_blend=bool(gain > 0),
+        gain_over_best_blend=float(gain),
+        stacker=_stacker(score, labels),
+        fold_models=_fold_models(score),
+    ).with_params(stacker_params(score.model, score.fold_models))
+    stacked = apply(record, [run.test for run in runs], "test rows: stack")  # the stacker fitted on all folds
+    check_finite_test(runs, stacked)
     mean_face = mean_row(truth)
     write_outputs(
         inputs.outputs,
@@ -258,6 +242,7 @@ def _stack(model: Model, inputs: Inputs) -> StackResult:
         blend_fold_mse=[float(v) for v in blend.fold_mse],
         csv=csv_path,
         json=json_path,
+        npz=arrays_path(json_path),
         png=png_path,
         stack_scores=nested,
         in_sample_scores=in_sample,

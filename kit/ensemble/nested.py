@@ -12,8 +12,8 @@ from functools import partial
 
 import numpy as np
 
-from kit.blend.rows import add_products, fold_chunks, symmetric
-from kit.blend.weights import Fit, Method, blend_sse, fit
+from kit.ensemble.rows import add_products, fold_chunks, symmetric
+from kit.ensemble.weights import Fit, Method, blend_sse, fit
 from kit.io import rows_in
 from kit.metrics import nme_per_face
 

@@ -22,9 +22,9 @@ import numpy as np
 from scipy.linalg import eigh
 from scipy.linalg.blas import dgemm
 
-from kit.blend.rows import fold_chunks
-from kit.stack.ridge import PointRidge, grid_label
-from kit.stack.stats import FoldStats, frame, rows_per_chunk
+from kit.ensemble.ridge import PointRidge, grid_label
+from kit.ensemble.rows import fold_chunks
+from kit.ensemble.stats import FoldStats, frame, rows_per_chunk
 
 COMPONENT_GRID = (5, 10, 20, 40)  # K tried (at most 2P)
 CORRECTION_GRID = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, np.inf)  # times the mean feature variance

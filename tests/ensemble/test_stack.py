@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from kit.blend.blend import blend_runs
 from kit.cli import app
 from kit.cli.stack import verdict
 from kit.data.folds import make_folds, write_folds
 from kit.data.landmarks import point_columns, read_test_points
+from kit.ensemble.blend import blend_runs
+from kit.ensemble.record import read_record
+from kit.ensemble.stack import Model, stack_runs
 from kit.errors import KitError
 from kit.io import file_sha256
 from kit.runs import names_sha256
-from kit.stack.stack import Model, stack_runs
 from kit.submit.format import select_requested, validate_submission
 
 runner = CliRunner()
@@ -117,10 +118,10 @@ def test_ridge_stack_writes_submission_record_and_picture(comp, tmp_path):
     runs = biased_runs(root, truth, test_truth)
     out = tmp_path / "subs"
     result = stack_runs(runs, root, model="ridge", name="s1", out_dir=out)
-    assert {p.name for p in out.iterdir()} == {"s1.csv", "s1.json", "s1.png"}
+    assert {p.name for p in out.iterdir()} == {"s1.csv", "s1.json", "s1.npz", "s1.png"}
     assert (out / "s1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((out / "s1.json").read_text())
-    assert record["kind"] == "stack" and record["model"] == "ridge" and result.model is Model.ridge
+    assert record["kind"] == "stack" and record["method"] == "ridge" and result.model is Model.ridge
     assert record["stack_mse"] == pytest.approx(result.stack_mse) and result.in_sample_mse <= result.stack_mse
     _, folds = read_folds(root / "folds.csv")
     assert np.average(record["stack_fold_mse"], weights=np.bincount(folds)) == pytest.approx(result.stack_mse)
@@ -140,10 +141,8 @@ def test_ridge_stack_writes_submission_record_and_picture(comp, tmp_path):
     for method, blend in blends.items():
         assert record["best_blend"]["method_mse"][method] == pytest.approx(blend.blend_mse)
     assert record["beats_best_blend"] is True and result.gain > 0  # per-point offsets: only the stack removes them
-    assert "weights" not in record  # a stack is not a blend: kit infer and pseudo-labels must not take it for one
-    # the submission is the recorded per-point model applied to the runs' test predictions
-    ridge = record["stacker"]["ridge"]
-    w, b = np.array(ridge["per_point_weights"]), np.array(ridge["intercepts"])
+    # the submission is the recorded per-point model (NAME.npz) applied to the runs' test predictions
+    w, b = _ridge(result.json)
     tests = np.stack([np.load(run / "test.npy").astype(np.float64) for run in runs], axis=-1)
     expected = b + (tests * w).sum(axis=-1)
     test_points = read_test_points(root / "test/test_points.csv", truth.shape[1])
@@ -159,10 +158,17 @@ def test_pca_ridge_stack(comp, tmp_path):
     assert result.name == "stack-pca-ridge" and result.csv.is_file() and result.png.is_file()
     record = json.loads(result.json.read_text())
     shape = record["stacker"]["shape"]
-    assert shape["components"] in shape["components_grid"] and record["model"] == "pca-ridge"
-    assert [entry["fold"] for entry in record["stacker"]["fold_models"]] == [0, 1, 2]
-    assert all(entry["fold"] not in entry["fitted_on"] for entry in record["stacker"]["fold_models"])
+    assert shape["components"] in shape["components_grid"] and record["method"] == "pca-ridge"
+    assert [entry["fold"] for entry in record["fold_models"]] == [0, 1, 2]
+    assert all(entry["fold"] not in entry["fitted_on"] for entry in record["fold_models"])
     assert np.isfinite(result.stack_mse) and result.in_sample_mse <= result.stack_mse
+
+
+def _ridge(record_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The ridge stacker fitted on all folds, from the record: weights (P, 2, R) and intercepts (P, 2)."""
+    params = read_record(record_path).params
+    n_points = params["all.intercept"].shape[0] // 2
+    return params["all.weights"].reshape(n_points, 2, -1), params["all.intercept"].reshape(n_points, 2)
 
 
 def _nme(pred, truth, sizes):
@@ -179,8 +185,7 @@ def test_stack_nme_beside_every_mse(comp, tmp_path):
     assert [r["oof_nme"] for r in record["runs"]] == pytest.approx([_nme(oof, truth, sizes) for oof in oofs])
     assert [r.oof_nme for r in result.runs] == pytest.approx([r["oof_nme"] for r in record["runs"]])
     # in-sample: the recorded all-folds stacker applied to the OOF predictions
-    ridge = record["stacker"]["ridge"]
-    w, b = np.array(ridge["per_point_weights"]), np.array(ridge["intercepts"])
+    w, b = _ridge(result.json)
     in_sample = b + (np.stack(oofs, axis=-1) * w).sum(axis=-1)
     assert record["in_sample_nme"] == pytest.approx(_nme(in_sample, truth, sizes), rel=1e-4)
     assert result.in_sample_scores.nme == pytest.approx(record["in_sample_nme"])
@@ -196,15 +201,6 @@ def test_stack_nme_beside_every_mse(comp, tmp_path):
     assert record["best_blend"]["failure_rate"] == pytest.approx(blend.blend_scores.failure_rate)
 
 
-def test_a_stack_record_is_not_read_as_a_blend(comp, tmp_path):
-    from kit.predict.infer import source_members
-
-    root, truth, test_truth = comp
-    result = stack_runs(biased_runs(root, truth, test_truth), root, out_dir=tmp_path / "subs")
-    with pytest.raises(KitError, match="not a kit blend record"):
-        source_members(result.json)
-
-
 def test_existing_outputs_need_force(comp, tmp_path):
     root, truth, test_truth = comp
     runs = biased_runs(root, truth, test_truth)
@@ -217,7 +213,7 @@ def test_existing_outputs_need_force(comp, tmp_path):
     assert _snapshot(out) == before
     stack_runs(runs, root, model="pca-ridge", name="s", out_dir=out, force=True)
     after = _snapshot(out)
-    assert set(after) == {"s.csv", "s.json", "s.png"} and json.loads(after["s.json"])["model"] == "pca-ridge"
+    assert set(after) == {"s.csv", "s.json", "s.npz", "s.png"} and json.loads(after["s.json"])["method"] == "pca-ridge"
 
 
 def test_refuses_runs_from_another_split(comp, tmp_path):
@@ -280,7 +276,7 @@ def test_cli_stack_prints_the_blend_table(comp, tmp_path, monkeypatch, model):
     assert "NME: mean point error / face size (face box)" in result.output
     assert verdict(record["stack_mse"], record["best_blend"]["mse"], record["best_blend"]["method"]) in result.output
     assert "stack beats the best blend" in result.output
-    assert f"wrote {out / 'st.csv'}, st.json, st.png" in result.output
+    assert f"wrote {out / 'st.csv'}, st.json, st.npz, st.png" in result.output
 
 
 def test_cli_stack_refusals(comp, tmp_path):
@@ -295,7 +291,7 @@ def test_cli_stack_refusals(comp, tmp_path):
     assert "Traceback" not in refused.output and _snapshot(out) == before
     forced = runner.invoke(app, [*args, "--model", "pca-ridge", "--force"])
     assert forced.exit_code == 0, forced.output
-    assert json.loads((out / "s.json").read_text())["model"] == "pca-ridge"
+    assert json.loads((out / "s.json").read_text())["method"] == "pca-ridge"
     assert runner.invoke(app, [*args, "--model", "lasso"]).exit_code == 2
 
     metrics = json.loads((runs[0] / "metrics.json").read_text())

@@ -11,11 +11,15 @@ import pytest
 from scipy.optimize import minimize
 from typer.testing import CliRunner
 
-from kit.blend import nested
-from kit.blend.blend import blend_runs
-from kit.blend.nested import fold_point_grams, nested_cv
-from kit.blend.rows import report_passes
-from kit.blend.weights import (
+from kit.cli import app
+from kit.data.folds import make_folds, write_folds
+from kit.data.landmarks import point_columns, read_test_points
+from kit.ensemble import nested
+from kit.ensemble.blend import blend_runs
+from kit.ensemble.nested import fold_point_grams, nested_cv
+from kit.ensemble.record import read_record
+from kit.ensemble.rows import report_passes
+from kit.ensemble.weights import (
     Method,
     blend_sse,
     fit,
@@ -26,9 +30,6 @@ from kit.blend.weights import (
     project_simplex,
     simplex_qp,
 )
-from kit.cli import app
-from kit.data.folds import make_folds, write_folds
-from kit.data.landmarks import point_columns, read_test_points
 from kit.errors import KitError
 from kit.io import file_sha256, refuse_inside
 from kit.runs import load_run, names_sha256
@@ -265,7 +266,7 @@ def test_blend_runs_writes_valid_submission_json_and_png(comp, tmp_path):
     runs = noisy_runs(root, truth, test_truth, sigmas=(1.0, 1.5, 2.5))
     out = tmp_path / "subs"
     result = blend_runs(runs, root, method="weights", name="b1", out_dir=out)
-    assert {p.name for p in out.iterdir()} == {"b1.csv", "b1.json", "b1.png"}
+    assert {p.name for p in out.iterdir()} == {"b1.csv", "b1.json", "b1.npz", "b1.png"}
     assert result.blend_mse < result.best_run.oof_mse
     assert result.in_sample_mse <= result.blend_mse
     test_points = read_test_points(root / "test/test_points.csv", truth.shape[1])
@@ -280,7 +281,8 @@ def test_blend_runs_writes_valid_submission_json_and_png(comp, tmp_path):
     assert [r["run"] for r in record["runs"]] == ["run0", "run1", "run2"]
     assert all(r["oof_mse"] > 0 for r in record["runs"])
     assert record["runs"][0]["oof_mse"] == pytest.approx(json.loads((runs[0] / "metrics.json").read_text())["oof_mse"])
-    assert record["inputs"][1]["oof.npy_sha256"] == file_sha256(runs[1] / "oof.npy")
+    assert record["inputs"][1]["sha256"]["oof.npy"] == file_sha256(runs[1] / "oof.npy")
+    assert record["kind"] == "blend" and record["inputs"][1]["path"] == "../runs/run1"  # beside the record's folder
     assert record["submission_sha256"] == file_sha256(out / "b1.csv")
     assert sum(record["weights"].values()) == pytest.approx(1, abs=1e-5)
     assert (out / "b1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -290,10 +292,12 @@ def test_blend_runs_per_point_records_point_weights(comp, tmp_path):
     root, truth, test_truth = comp
     runs = noisy_runs(root, truth, test_truth, sigmas=(1.0, 2.0))
     result = blend_runs(runs, root, method=Method.per_point, out_dir=tmp_path / "subs")
-    record = json.loads(result.json.read_text())
-    assert result.name == "blend-per-point"
-    assert np.array(record["per_point_weights"]).shape == (truth.shape[1], 2)
-    assert "shrink" in record["fit"]
+    record = read_record(result.json)
+    assert result.name == "blend-per-point" and result.npz == result.json.with_suffix(".npz")
+    weights = record.params["all.weights"]
+    assert weights.shape == (truth.shape[1], 2) and np.allclose(weights.sum(axis=1), 1)
+    assert list(record.weights.values()) == pytest.approx(weights.mean(axis=0), abs=1e-6)
+    assert "shrink" in record.fit
 
 
 def test_a_single_run_passes_through(comp, tmp_path):
@@ -356,7 +360,7 @@ def test_failed_blend_leaves_old_files_untouched(comp, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr("kit.blend.blend.plot_point_errors", boom)
+    monkeypatch.setattr("kit.ensemble.blend.plot_point_errors", boom)
     with pytest.raises(RuntimeError):
         blend_runs(runs, root, method="mean", name="keep", out_dir=out, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -368,8 +372,8 @@ def test_provenance_hashes_the_runs_artifact_files(comp, tmp_path):
     record = json.loads(blend_runs(runs, root, name="p", out_dir=tmp_path / "subs").json.read_text())
     for entry, path in zip(record["inputs"], runs, strict=True):
         files = load_run(path).artifact_files()
-        assert set(entry) == {"run", "path"} | {f"{name}_sha256" for name in files}
-        assert all(entry[f"{name}_sha256"] == file_sha256(file) for name, file in files.items())
+        assert set(entry) == {"run", "path", "identity", "sha256"} and set(entry["sha256"]) == set(files)
+        assert all(entry["sha256"][name] == file_sha256(file) for name, file in files.items())
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -413,7 +417,7 @@ def test_existing_outputs_need_force(comp, tmp_path):
         blend_runs(runs, root, method="weights", name="b", out_dir=out)
     result = blend_runs(runs, root, method="weights", name="b", out_dir=out, force=True)
     after = _snapshot(out)
-    assert set(after) == {"b.csv", "b.json", "b.png"}
+    assert set(after) == {"b.csv", "b.json", "b.npz", "b.png"}
     assert json.loads(after["b.json"])["method"] == "weights" and after["b.json"] != before["b.json"]
     assert json.loads(after["b.json"])["submission_sha256"] == file_sha256(result.csv)
 
@@ -560,7 +564,7 @@ def test_cli_blend_force(comp, tmp_path, monkeypatch):
     forced = runner.invoke(app, [*args, "--method", "weights", "--force"])
     assert forced.exit_code == 0, forced.output
     assert json.loads((out / "s.json").read_text())["method"] == "weights"
-    assert set(_snapshot(out)) == {"s.csv", "s.json", "s.png"}
+    assert set(_snapshot(out)) == {"s.csv", "s.json", "s.npz", "s.png"}
 
 
 def test_refuse_inside(tmp_path, monkeypatch):
@@ -601,8 +605,8 @@ def test_every_pass_over_the_rows_reports_its_progress(comp, tmp_path, monkeypat
     with report_passes(passes):
         blend_runs(runs, root, method="weights", out_dir=tmp_path / "subs")
     names = [p[0] for p in passes.passes]
-    assert names == ["OOF rows: blend statistics", "test rows: blend", "OOF rows: NME"]
-    assert [p[1] for p in passes.passes] == [len(truth), len(test_truth), len(truth)]
+    assert names == ["OOF rows: blend statistics", "OOF rows: NME", "test rows: blend"]
+    assert [p[1] for p in passes.passes] == [len(truth), len(truth), len(test_truth)]
     assert all(done == total for _, total, done in passes.passes)  # every row counted once
     passes.passes.clear()
     blend_runs(runs, root, method="weights", out_dir=tmp_path / "subs", force=True)

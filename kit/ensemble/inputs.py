@@ -1,7 +1,8 @@
 """What every second-level model over runs (``kit blend``, ``kit stack``) checks, records and writes.
 
-The runs must share one split and match the competition folder; the outputs (NAME.csv, NAME.json, NAME.png) go
-outside the data and the runs, never over earlier results unless forced, and appear together or not at all.
+The runs must share one split and match the competition folder; the outputs (NAME.csv, NAME.json with its
+NAME.npz, NAME.png) go outside the data and the runs, never over earlier results unless forced, and appear together
+or not at all.
 """
 
 from __future__ import annotations
@@ -10,15 +11,22 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from kit.data.competition import Competition
 from kit.data.folds import load_folds
+from kit.ensemble.record import (
+    DataRecord,
+    EnsembleRecord,
+    Member,
+    RunEntry,
+    arrays_path,
+    relative_path,
+    write_record,
+)
 from kit.errors import DataError, KitError
-from kit.io import atomic_path, file_sha256, read_json_record, refuse_inside, write_json
+from kit.io import atomic_path, file_sha256, refuse_inside
 from kit.metrics import FAILURE_NME, face_sizes, normalisation
 from kit.names import check_name
 from kit.runs import LABELS_CHANGED, Run, load_run, names_sha256
@@ -140,31 +148,36 @@ def check_finite_test(runs: Sequence[Run], predictions: np.ndarray) -> None:
         raise KitError(f"{bad.path / 'test.npy'}: NaN or infinite predictions")
 
 
-def provenance(comp: Competition, runs: Sequence[Run], labels: Sequence[str], n_folds: int) -> dict:
-    """What a blend or stack was made from, with content hashes: ``data``, ``split`` and ``inputs``."""
+def provenance(comp: Competition, runs: Sequence[Run], labels: Sequence[str], n_folds: int, record_dir: Path) -> dict:
+    """What a blend or stack is made from, with content hashes: the record's ``data``, ``split`` and ``inputs`` (the
+    runs by identity, their paths relative to ``record_dir``, the record's folder)."""
     return {
-        "data": {
-            "dir": str(comp.root),
-            "folds_csv_sha256": file_sha256(comp.folds_csv),
-            "landmarks_csv_sha256": file_sha256(comp.train_csv),
-            "test_points_csv_sha256": file_sha256(comp.test_csv),
-            "n_folds": n_folds,
-        },
-        "split": runs[0].split.to_dict(),
-        "inputs": [
-            {"run": label, "path": str(run.path)}
-            | {f"{name}_sha256": file_sha256(path) for name, path in run.artifact_files().items()}
+        "data": DataRecord(
+            dir=str(comp.root.resolve()),
+            folds_csv_sha256=file_sha256(comp.folds_csv),
+            landmarks_csv_sha256=file_sha256(comp.train_csv),
+            test_points_csv_sha256=file_sha256(comp.test_csv),
+            n_folds=n_folds,
+        ),
+        "split": runs[0].split,
+        "inputs": tuple(
+            Member(
+                run=label,
+                path=relative_path(run.path, record_dir),
+                identity=run.metrics.identity,
+                sha256={name: file_sha256(path) for name, path in run.artifact_files().items()},
+            )
             for label, run in zip(labels, runs, strict=True)
-        ],
+        ),
     }
 
 
-def run_entries(labels: Sequence[str], oof_mse, run_nme, weights) -> list[dict]:
-    """The ``runs`` rows of a blend's or stack's record: each run's OOF MSE, NME, failure rate and weight."""
-    return [
-        {"run": label, "oof_mse": float(mse), "oof_nme": nme, "oof_failure_rate": failed, "weight": round(float(w), 6)}
+def run_entries(labels: Sequence[str], oof_mse, run_nme, weights) -> tuple[RunEntry, ...]:
+    """The ``runs`` of a blend's or stack's record: each run's OOF MSE, NME, failure rate and weight."""
+    return tuple(
+        RunEntry(run=label, oof_mse=float(mse), oof_nme=nme, oof_failure_rate=failed, weight=round(float(w), 6))
         for label, mse, (nme, failed), w in zip(labels, oof_mse, run_nme, weights, strict=True)
-    ]
+    )
 
 
 def refuse_existing(outputs: Sequence[Path]) -> None:
@@ -218,7 +231,7 @@ def prepare_inputs(
     csv_path, json_path, png_path = (out_dir / f"{name}.{ext}" for ext in ("csv", "json", "png"))
     outputs = (csv_path, json_path, png_path)
     if not force:
-        refuse_existing(outputs)
+        refuse_existing((csv_path, json_path, arrays_path(json_path), png_path))
     check_same_split(runs)
     for run in runs:
         check_matches_data(run, comp)
@@ -229,7 +242,7 @@ def prepare_inputs(
 
 
 def nme_record(nme_points: tuple[int, int] | None) -> dict:
-    """The record's note on how NME is measured."""
+    """The record's ``nme_points`` and its note on how NME is measured."""
     return {
         "nme_points": list(nme_points) if nme_points is not None else None,
         "nme_note": f"NME: per face, the mean point error over the face size ({normalisation(nme_points)}), averaged "
@@ -238,65 +251,29 @@ def nme_record(nme_points: tuple[int, int] | None) -> dict:
 
 
 def write_outputs(
-    outputs: Sequence[Path], test_predictions: np.ndarray, comp: Competition, record: dict, plot: Callable[[Path], None]
-) -> None:
-    """Write the submission, the JSON record (with the submission's hash added) and the picture, atomically.
+    outputs: Sequence[Path],
+    test_predictions: np.ndarray,
+    comp: Competition,
+    record: EnsembleRecord,
+    plot: Callable[[Path], None],
+) -> EnsembleRecord:
+    """Write the submission, the record (with the submission's hash) and its NAME.npz, and the picture, atomically.
 
-    All three files appear together, or none does (an existing trio stays as it was).
+    All four files appear together, or none does (an existing set stays as it was).
 
     Args:
         outputs: NAME.csv, NAME.json, NAME.png.
         test_predictions: (M, P, 2) full test predictions in original pixels.
-        record: the JSON record; ``submission_sha256`` is added.
+        record: the record, holding its fitted parameters; ``submission_sha256`` is filled in.
         plot: writes the PNG to the path it is given.
+
+    Returns:
+        The record as written.
     """
-    with contextlib.ExitStack() as stack:
-        csv_tmp, json_tmp, png_tmp = (stack.enter_context(atomic_path(p)) for p in outputs)
+    csv_path, json_path, png_path = outputs
+    with contextlib.ExitStack() as files:
+        csv_tmp, png_tmp = files.enter_context(atomic_path(csv_path)), files.enter_context(atomic_path(png_path))
         write_submission(csv_tmp, test_predictions, comp.test)
-        record["submission_sha256"] = file_sha256(csv_tmp)
-        write_json(json_tmp, record)
+        record = record.model_copy(update={"submission_sha256": file_sha256(csv_tmp)})
         plot(png_tmp)
-
-
-class EnsembleRecord(BaseModel):
-    """What other commands read back from a blend's or stack's NAME.json (``write_outputs`` writes it): its name,
-    submission and hash, input runs and nested-CV scores. Other keys are ignored."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    name: str
-    kind: Literal["blend", "stack"] = "blend"  # blends carry no "kind" key
-    submission: str  # NAME.csv, beside the record
-    submission_sha256: str | None = None
-    runs: tuple[dict, ...] = ()
-    inputs: tuple[dict, ...] = ()
-    blend_mse: float | None = None
-    blend_nme: float | None = None
-    blend_failure_rate: float | None = None
-    stack_mse: float | None = None
-    stack_nme: float | None = None
-    stack_failure_rate: float | None = None
-
-    @property
-    def cv(self) -> tuple[float | None, float | None, float | None]:
-        """The nested-CV (MSE, NME, failure rate) of the submission."""
-        if self.kind == "stack":
-            return self.stack_mse, self.stack_nme, self.stack_failure_rate
-        return self.blend_mse, self.blend_nme, self.blend_failure_rate
-
-    @property
-    def run_names(self) -> tuple[str, ...]:
-        return tuple(str(item.get("run")) for item in self.runs if isinstance(item, dict) and item.get("run"))
-
-    @property
-    def run_paths(self) -> tuple[Path, ...]:
-        return tuple(Path(item["path"]) for item in self.inputs if isinstance(item, dict) and item.get("path"))
-
-
-def read_ensemble_record(path: str | Path) -> EnsembleRecord:
-    """Read a blend's or stack's NAME.json.
-
-    Raises:
-        KitError: the file is unreadable or not a blend/stack record, naming it and the key.
-    """
-    return read_json_record(path, EnsembleRecord, "not a blend or stack record")
+        return write_record(json_path, record, files)

@@ -1,5 +1,5 @@
 """``blend_runs``: check that runs share one split, fit weights on their OOF predictions, score the blend by
-nested CV, and write the submission with its provenance and picture."""
+nested CV, and write the submission with its record (``kit.ensemble.record``) and picture."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.blend.inputs import (
+from kit.ensemble.inputs import (
     Inputs,
     RunScore,
     check_finite_grams,
@@ -22,10 +22,7 @@ from kit.blend.inputs import (
     run_entries,
     write_outputs,
 )
-from kit.blend.nested import (
-    PREDICT_ROWS,
-    NestedScore,
-    blend_coordinates,
+from kit.ensemble.nested import (
     face_nme,
     fold_point_grams,
     in_sample_blend,
@@ -33,11 +30,13 @@ from kit.blend.nested import (
     nested_cv,
     run_point_mse,
 )
-from kit.blend.report import plot_point_errors
-from kit.blend.rows import mean_row, one_blas_thread, run_blocks
-from kit.blend.weights import Method
+from kit.ensemble.params import blend_params
+from kit.ensemble.record import BlendRecord, FoldModel, apply, arrays_path
+from kit.ensemble.report import plot_point_errors
+from kit.ensemble.rows import mean_row, one_blas_thread
+from kit.ensemble.stack_nested import training_folds
+from kit.ensemble.weights import Method
 from kit.metrics import Scores, nme_summary
-from kit.runs import Run
 
 __all__ = ["BlendResult", "RunScore", "blend_runs", "check_matches_data", "check_same_split"]
 
@@ -51,7 +50,8 @@ class BlendResult:
     in_sample_mse: float  # weights scored on the rows they were fitted on (optimistic)
     fold_mse: list[float]
     csv: Path
-    json: Path
+    json: Path  # the record (kit.ensemble.record)
+    npz: Path  # its fitted parameters
     png: Path
     blend_scores: Scores  # nested CV: MSE (= blend_mse), NME and failure rate
     in_sample_scores: Scores  # the all-folds weights on the rows they were fitted on
@@ -60,24 +60,6 @@ class BlendResult:
     @property
     def best_run(self) -> RunScore:
         return min(self.runs, key=lambda run: run.oof_mse)
-
-
-def _blend_test(runs: Sequence[Run], weights: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Weighted sum of the runs' test predictions (M, P, 2), weights (R,) or (P, R)."""
-    tests = [run.test for run in runs]
-    out = np.empty(tests[0].shape, dtype=np.float32)
-    for rows, x in run_blocks(tests, chunk, PREDICT_ROWS, "test rows: blend"):
-        out[rows] = blend_coordinates(x, weights).reshape(-1, *out.shape[1:])
-    return out
-
-
-def _weights_record(score: NestedScore, labels: Sequence[str]) -> dict:
-    weights = score.fit.weights
-    global_weights = weights if weights.ndim == 1 else weights.mean(axis=0)
-    record = {"weights": {label: round(float(w), 6) for label, w in zip(labels, global_weights, strict=True)}}
-    if weights.ndim == 2:
-        record["per_point_weights"] = np.round(weights, 6).tolist()
-    return record
 
 
 def blend_runs(
@@ -89,7 +71,7 @@ def blend_runs(
     force: bool = False,
     nme_points: tuple[int, int] | None = None,
 ) -> BlendResult:
-    """Blend finished runs and write ``out_dir/NAME.csv``, ``NAME.json`` and ``NAME.png``.
+    """Blend finished runs and write ``out_dir/NAME.csv``, ``NAME.json`` (with ``NAME.npz``) and ``NAME.png``.
 
     The weights are fitted on the runs' OOF predictions; the reported blend MSE comes from nested CV over the
     folds of ``folds.csv`` (weights fitted on the other folds, scored on the held-out one), so it is comparable
@@ -97,8 +79,8 @@ def blend_runs(
     ``nme_points.txt``, else the face box). The test predictions are blended with the weights fitted on all folds.
 
     Outputs never overwrite inputs or earlier results: ``out_dir`` must lie outside the competition folder and the
-    run folders, and an existing NAME.csv, NAME.json or NAME.png is refused unless ``force``, which replaces all
-    three together.
+    run folders, and an existing NAME.csv, NAME.json, NAME.npz or NAME.png is refused unless ``force``, which
+    replaces them together.
 
     Raises:
         KitError: a run is missing or malformed, runs do not share one split, they do not match the data, ``name``
@@ -114,7 +96,6 @@ def _blend(method: Method, inputs: Inputs) -> BlendResult:
     """``blend_runs`` on checked inputs."""
     comp, runs, labels, folds, n_folds = inputs.comp, inputs.runs, inputs.labels, inputs.folds, inputs.n_folds
     csv_path, json_path, png_path = inputs.outputs
-    name = inputs.name
     truth = comp.train.points
 
     grams = fold_point_grams([run.oof for run in runs], truth, folds, n_folds)
@@ -126,8 +107,6 @@ def _blend(method: Method, inputs: Inputs) -> BlendResult:
     weights = score.fit.weights
     global_weights = weights if weights.ndim == 1 else weights.mean(axis=0)
 
-    blended = _blend_test(runs, weights)
-    check_finite_test(runs, blended)
     # NME from the same held-out predictions as the nested-CV MSE, in one more pass over the rows
     per_run, per_face = face_nme(
         [run.oof for run in runs],
@@ -141,25 +120,27 @@ def _blend(method: Method, inputs: Inputs) -> BlendResult:
     in_sample = Scores(score.in_sample_mse, *nme_summary(per_face["in-sample"]))
 
     best = int(np.argmin(oof_mse))
-    record = {
-        "name": name,
-        "method": method.value,
-        "submission": csv_path.name,
-        **provenance(comp, runs, labels, n_folds),
-        "runs": run_entries(labels, oof_mse, run_nme, global_weights),
-        "best_run": labels[best],
-        "blend_mse": score.mse,
-        "blend_mse_note": "nested CV: weights fitted on the other folds, scored on the held-out fold",
-        "blend_fold_mse": [float(v) for v in score.fold_mse],
-        "blend_nme": nested.nme,
-        "blend_failure_rate": nested.failure_rate,
-        "in_sample_mse": score.in_sample_mse,
-        "in_sample_nme": in_sample.nme,
-        "in_sample_failure_rate": in_sample.failure_rate,
+    record = BlendRecord(
+        name=inputs.name,
+        method=method,
+        submission=csv_path.name,
+        **provenance(comp, runs, labels, n_folds, json_path.parent),
+        runs=run_entries(labels, oof_mse, run_nme, global_weights),
+        best_run=labels[best],
+        blend_mse=score.mse,
+        blend_fold_mse=tuple(float(v) for v in score.fold_mse),
+        blend_nme=nested.nme,
+        blend_failure_rate=nested.failure_rate,
+        in_sample_mse=score.in_sample_mse,
+        in_sample_nme=in_sample.nme,
+        in_sample_failure_rate=in_sample.failure_rate,
         **nme_record(inputs.nme_points),
-        **_weights_record(score, labels),
-        "fit": score.fit.info,
-    }
+        weights={label: round(float(w), 6) for label, w in zip(labels, global_weights, strict=True)},
+        fit=score.fit.info,
+        fold_models=tuple(FoldModel(fold=k, fitted_on=training_folds(k, range(n_folds))) for k in range(n_folds)),
+    ).with_params(blend_params(weights, score.fold_weights))
+    blended = apply(record, [run.test for run in runs], "test rows: blend")  # the weights fitted on all folds
+    check_finite_test(runs, blended)
     mean_face = mean_row(truth)
     write_outputs(
         inputs.outputs,
@@ -174,7 +155,7 @@ def _blend(method: Method, inputs: Inputs) -> BlendResult:
         ),
     )
     return BlendResult(
-        name=name,
+        name=inputs.name,
         method=method,
         runs=[
             RunScore(label, run.path, float(mse), float(w), nme, failed)
@@ -185,6 +166,7 @@ def _blend(method: Method, inputs: Inputs) -> BlendResult:
         fold_mse=[float(v) for v in score.fold_mse],
         csv=csv_path,
         json=json_path,
+        npz=arrays_path(json_path),
         png=png_path,
         blend_scores=nested,
         in_sample_scores=in_sample,

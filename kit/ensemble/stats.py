@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg.blas import dsyrk
 
-from kit.blend.nested import point_grams
-from kit.blend.rows import add_products, fold_chunks, symmetric
+from kit.ensemble.nested import point_grams
+from kit.ensemble.rows import add_products, fold_chunks, symmetric
 from kit.io import rows_in
 
 CHUNK_BYTES = 1 << 28  # one chunk of rows and what is formed from it, counted at 8 bytes a value
@@ -43,7 +43,7 @@ class FoldStats:
       per-coordinate linear stacker needs (``ref`` only conditions the sums; it cancels in every fit);
     - ``resid`` (F, Q+1, Q+1) or None: moments of ``[s, y - m]`` over whole faces (``s`` the face's scale), i.e. the
       scale-weighted moments of ``[1, (y - m) / s]``, the normalised residual of the runs' mean (its PCA basis);
-    - ``grams`` (F, P, R, R): the residual Grams that blends are fitted on (``kit.blend.nested``).
+    - ``grams`` (F, P, R, R): the residual Grams that blends are fitted on (``kit.ensemble.nested``).
     """
 
     folds: tuple[int, ...]

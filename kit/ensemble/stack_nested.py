@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
-from kit.stack.ridge import PointRidge, fit_point_ridge, point_sse
-from kit.stack.shape import PcaRidge, component_grid, correction_sse, fit_basis, fit_correction, shape_stats
-from kit.stack.stats import FoldStats
+from kit.ensemble.ridge import PointRidge, fit_point_ridge, point_sse
+from kit.ensemble.shape import PcaRidge, component_grid, correction_sse, fit_basis, fit_correction, shape_stats
+from kit.ensemble.stats import FoldStats
+
+
+class Model(str, Enum):
+    """The second-level model."""
+
+    ridge = "ridge"  # per point and coordinate: intercept + ridge weights per run, shrunk toward the runs' mean
+    pca_ridge = "pca-ridge"  # ridge, then a ridge correction of shared errors in a PCA basis of whole faces
 
 
 def training_folds(held_out: int, folds: Sequence[int]) -> tuple[int, ...]:

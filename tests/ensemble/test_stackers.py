@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
-from kit.blend.nested import fold_point_grams, nested_cv
-from kit.blend.weights import Method
-from kit.stack import nested, stats
-from kit.stack.nested import nested_pca_ridge, nested_ridge
-from kit.stack.ridge import fit_point_ridge, point_sse, solve_point_ridge
-from kit.stack.shape import fit_basis, normalised_runs
-from kit.stack.stats import accumulate, frame
+from kit.ensemble import stack_nested, stats
+from kit.ensemble.nested import fold_point_grams, nested_cv
+from kit.ensemble.ridge import fit_point_ridge, point_sse, solve_point_ridge
+from kit.ensemble.shape import fit_basis, normalised_runs
+from kit.ensemble.stack_nested import nested_pca_ridge, nested_ridge
+from kit.ensemble.stats import accumulate, frame
+from kit.ensemble.weights import Method
 
 # ---------------------------------------------------------------- synthetic faces and runs
 
@@ -213,7 +213,7 @@ def test_a_run_leaking_the_held_out_truth_scores_no_better(kind, leaky, monkeypa
 
     baseline = score(real)
     if leaky:  # the mistake this test exists to catch: the held-out fold among the folds a model is fitted on
-        monkeypatch.setattr(nested, "training_folds", lambda held_out, folds: tuple(folds))
+        monkeypatch.setattr(stack_nested, "training_folds", lambda held_out, folds: tuple(folds))
     with_fake = score([*real, fake])
     if leaky:
         assert with_fake.fold_mse[0] < 0.75 * baseline.fold_mse[0]  # so the honest assertions below can fail
@@ -269,11 +269,11 @@ def test_nested_fits_see_only_the_training_folds(monkeypatch):
                 assert len(st.gg) == len(st.folds)
             return fit(st, *args, **kwargs)
 
-        monkeypatch.setattr(nested, fit.__name__, wrapped)
+        monkeypatch.setattr(stack_nested, fit.__name__, wrapped)
 
-    spy("ridge", nested.fit_point_ridge, lambda st: st.folds)
-    spy("basis", nested.fit_basis, lambda st: st.folds)
-    spy("correction", nested.fit_correction, lambda st: tuple(sorted(set(st.folds) | set(st.fitted_on))))
+    spy("ridge", stack_nested.fit_point_ridge, lambda st: st.folds)
+    spy("basis", stack_nested.fit_basis, lambda st: st.folds)
+    spy("correction", stack_nested.fit_correction, lambda st: tuple(sorted(set(st.folds) | set(st.fitted_on))))
     score = nested_pca_ridge(full, preds, truth, folds)
     everything = tuple(range(k))
     for name, calls in seen.items():
