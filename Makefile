@@ -47,6 +47,8 @@ demo: $(STAMP)
 	$(KIT) submit submissions/demo_stack.csv --data $(DEMO_DIR) --competition made-thousand-facial-landmarks \
 		--message "kit demo" --dry-run
 	$(KIT) submissions --local --submissions submissions
+	# The stack as an offline bundle for a Kaggle code competition (fold weights, kit's wheel, predict.py), measured.
+	$(KIT) bundle submissions/demo_stack.json --out demo/bundle --data $(DEMO_DIR) --force
 	@echo "== demo scores: MSE on the demo's private test answers (original pixels) =="
 	@printf "demo_regression        "; $(KIT) score submissions/demo_regression.csv --data $(DEMO_DIR)
 	@printf "demo_heatmap           "; $(KIT) score submissions/demo_heatmap.csv --data $(DEMO_DIR)
