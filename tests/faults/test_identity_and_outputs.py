@@ -317,6 +317,7 @@ def _sweep_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # waits out the connection timeout in a kit process
 @pytest.mark.parametrize("listening", [False, True], ids=["nothing-there", "silent-listener"])
 def test_c21_13_ray_address_without_a_cluster_ends_in_one_line_within_the_timeout(comp, tmp_path, listening):
     pytest.importorskip("ray")
@@ -366,6 +367,7 @@ def _can_mount_read_only() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow  # a kit process in its own mount namespace
 @pytest.mark.skipif(not _can_mount_read_only(), reason="needs root and unshare --mount for a read-only mount")
 def test_c21_15_fold_train_out_on_a_read_only_file_system_is_one_line(comp, tmp_path):
     target = tmp_path / "ro"
