@@ -8,11 +8,9 @@ ensemble's runs combined by its record. Only the weights come from ``.safetensor
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +21,9 @@ from kit.bundle.manifest import BundledRun, BundleError, FoldWeights, Manifest, 
 from kit.bundle.weights import build_model, read_weights
 from kit.data.geometry import apply_affine, invert_affine
 from kit.data.landmarks import read_test_points
-from kit.data.prepare import load_crop
 from kit.ensemble.record import apply, read_record
 from kit.errors import KitError
-from kit.predict.infer import check_outputs, list_images, write_landmarks_csv
+from kit.predict.infer import CentreCrops, check_outputs, list_images, load_crops, write_landmarks_csv
 from kit.predict.models import inference_device
 from kit.predict.tta import predict_points
 from kit.runs import RunDir
@@ -47,27 +44,6 @@ class Predicted:
     seconds: float  # the whole prediction: crops, every fold model, the ensemble
     images_per_second: float
     submission: bool  # ``out`` is a submission (the requested points of test_points.csv), else every point
-
-
-class _Crops(torch.utils.data.Dataset):
-    """Centre crops (uint8, size x size) of the padded crops; yields ``(crop, zeros, row)`` like CropDataset."""
-
-    def __init__(self, crops: np.ndarray, pad: int, size: int):
-        self.crops, self.pad, self.size = crops, pad, size
-
-    def __len__(self) -> int:
-        return len(self.crops)
-
-    def __getitem__(self, i: int):
-        crop = np.ascontiguousarray(self.crops[i, self.pad : self.pad + self.size, self.pad : self.pad + self.size])
-        return torch.from_numpy(crop), torch.zeros(0, 2), i
-
-
-def _crops(paths: list[Path], size: int, margin: float, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """Padded crops (N, S, S, 3) and their matrices (N, 2, 3), decoded on a few threads (cv2 releases the GIL)."""
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        pairs = list(pool.map(lambda path: load_crop(path, size, margin, pad), paths))
-    return np.stack([c for c, _ in pairs]), np.stack([m for _, m in pairs])
 
 
 def _duration(seconds: float) -> str:
@@ -126,13 +102,13 @@ def _predict_run(
     size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
     setting = (size, margin, pad)  # runs with the same crop setting share the decoded crops
     if setting not in crops_by_setting:
-        crops_by_setting[setting] = _crops(paths, *setting)
+        crops_by_setting[setting] = load_crops(paths, *setting)
     crops, matrices = crops_by_setting[setting]
     flip = folder.read_flip_permutation() if pipeline.tta.hflip else None
     if pipeline.tta.hflip and flip is None:
         raise BundleError(f"{folder.path}: the run uses flip TTA but the bundle holds no flip permutation")
     loader = torch.utils.data.DataLoader(
-        _Crops(crops, pad, size),
+        CentreCrops(crops, pad, size),
         batch_size=batch_size or pipeline.train.batch_size * 2,
         shuffle=False,
         pin_memory=device.type == "cuda",

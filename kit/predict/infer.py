@@ -108,7 +108,7 @@ def check_outputs(out: Path, overlays: Path | None, images_dir: Path, force: boo
         raise KitError(f"{out}: exists (choose another --out, or --force to replace it)")
 
 
-class _Crops(torch.utils.data.Dataset):
+class CentreCrops(torch.utils.data.Dataset):
     """Centre crops (uint8, size x size) of the padded cache crops; yields ``(crop, zeros, row)`` like CropDataset."""
 
     def __init__(self, crops: np.ndarray, pad: int, size: int):
@@ -122,7 +122,7 @@ class _Crops(torch.utils.data.Dataset):
         return torch.from_numpy(crop), torch.zeros(0, 2), i
 
 
-def _crops(paths: list[Path], size: int, margin: float, pad: int) -> tuple[np.ndarray, np.ndarray]:
+def load_crops(paths: list[Path], size: int, margin: float, pad: int) -> tuple[np.ndarray, np.ndarray]:
     """Padded crops (N, S, S, 3) and their matrices (N, 2, 3); only crops are kept in memory, not the photos."""
 
     def crop(path: Path):
@@ -148,13 +148,13 @@ def _predict_run(
     size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
     setting = (size, margin, pad)  # runs with the same crop setting share the decoded crops
     if setting not in crops_by_setting:
-        crops_by_setting[setting] = _crops(paths, *setting)
+        crops_by_setting[setting] = load_crops(paths, *setting)
     crops, matrices = crops_by_setting[setting]
     flip = run.read_flip_permutation() if pipeline.tta.hflip else None
     if pipeline.tta.hflip and flip is None:
         raise KitError(f"{run.path}: the run uses flip TTA but holds no flip permutation (retrain or re-predict it)")
     loader = torch.utils.data.DataLoader(
-        _Crops(crops, pad, size),
+        CentreCrops(crops, pad, size),
         batch_size=batch_size or pipeline.train.batch_size * 2,
         shuffle=False,
         pin_memory=device.type == "cuda",

@@ -14,7 +14,7 @@ from kit.data.folds import make_folds, write_folds
 from kit.data.prepare import prepare_crops
 from kit.ensemble import blend_runs, read_record, stack_runs
 from kit.errors import KitError
-from kit.predict.infer import _crops, infer
+from kit.predict.infer import infer, load_crops
 from kit.runs import load_run
 from kit.submit.format import select_requested, validate_submission
 from kit.train import fold_train
@@ -130,6 +130,6 @@ def test_infer_refuses_bad_sources_and_existing_output(runs, tmp_path):
 def test_infer_crops_new_images_as_the_cache_does(make_competition):
     tiny = make_competition(n_train=2, n_test=3, size=(90, 100))  # 90 px to 32: JPEGs decoded at half scale
     cache = prepare_crops(tiny.root, "test", 32, 0.1, 4)
-    crops, matrices = _crops([tiny.test_image(i) for i in range(3)], 32, 0.1, 4)
+    crops, matrices = load_crops([tiny.test_image(i) for i in range(3)], 32, 0.1, 4)
     np.testing.assert_array_equal(crops, cache.images())
     np.testing.assert_array_equal(matrices, cache.transforms())
