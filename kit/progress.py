@@ -189,11 +189,11 @@ class RecordSink:
             raise
 
 
-class RecordingReporter:
-    """``inner``, and each finished epoch written to ``sink`` as an ``EpochRecord``."""
+class EpochListener:
+    """``inner``, and ``on_epoch(fold, epoch, stats)`` called after each finished epoch."""
 
-    def __init__(self, inner: Reporter, sink: RecordSink):
-        self.inner, self.sink = inner, sink
+    def __init__(self, inner: Reporter, on_epoch: Callable[[int, int, dict], None]):
+        self.inner, self.on_epoch = inner, on_epoch
 
     def start_epoch(self, fold: int, epoch: int, epochs: int, n_batches: int) -> None:
         self.inner.start_epoch(fold, epoch, epochs, n_batches)
@@ -203,10 +203,17 @@ class RecordingReporter:
 
     def end_epoch(self, fold: int, epoch: int, stats: dict) -> None:
         self.inner.end_epoch(fold, epoch, stats)
-        self.sink.emit(EpochRecord.of(fold, epoch, stats))
+        self.on_epoch(fold, epoch, stats)
 
     def message(self, text: str) -> None:
         self.inner.message(text)
 
     def progress(self, total: int, description: str):
         return self.inner.progress(total, description)
+
+
+class RecordingReporter(EpochListener):
+    """``inner``, and each finished epoch written to ``sink`` as an ``EpochRecord``."""
+
+    def __init__(self, inner: Reporter, sink: RecordSink):
+        super().__init__(inner, lambda fold, epoch, stats: sink.emit(EpochRecord.of(fold, epoch, stats)))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kit.errors import KitError
+from kit.progress import EpochListener
 
 if TYPE_CHECKING:
     from kit.config import Pipeline, TrackingConfig
@@ -397,28 +398,7 @@ class RunTracking:
 
     def reporter(self, inner: Reporter) -> Reporter:
         """``inner`` that also logs each finished epoch."""
-        return _TrackingReporter(inner, self)
-
-
-class _TrackingReporter:
-    def __init__(self, inner: Reporter, tracking: RunTracking):
-        self.inner, self.tracking = inner, tracking
-
-    def start_epoch(self, fold: int, epoch: int, epochs: int, n_batches: int) -> None:
-        self.inner.start_epoch(fold, epoch, epochs, n_batches)
-
-    def batch(self, loss: float, images_per_second: float, advance: int = 1) -> None:
-        self.inner.batch(loss, images_per_second, advance)
-
-    def end_epoch(self, fold: int, epoch: int, stats: dict) -> None:
-        self.inner.end_epoch(fold, epoch, stats)
-        self.tracking.epoch_ended(fold, epoch, stats)
-
-    def message(self, text: str) -> None:
-        self.inner.message(text)
-
-    def progress(self, total: int, description: str):
-        return self.inner.progress(total, description)
+        return EpochListener(inner, self.epoch_ended)
 
 
 # ---------------------------------------------------------------- backfill and ensembles

@@ -19,11 +19,11 @@ import torch
 
 from kit.bundle.manifest import BundledRun, BundleError, FoldWeights, Manifest, open_bundle
 from kit.bundle.weights import build_model, read_weights
-from kit.data.geometry import apply_affine, invert_affine
+from kit.data.geometry import apply_affine
 from kit.data.landmarks import read_test_points
 from kit.ensemble.record import apply, read_record
 from kit.errors import KitError
-from kit.predict.infer import CentreCrops, check_outputs, list_images, load_crops, write_landmarks_csv
+from kit.predict.infer import check_outputs, crop_loader, list_images, write_landmarks_csv
 from kit.predict.models import inference_device
 from kit.predict.tta import predict_points
 from kit.runs import RunDir
@@ -99,21 +99,11 @@ def _predict_run(
     """The run's fold-averaged predictions (N, P, 2) in original pixels, as ``kit infer`` computes them."""
     folder = RunDir(root / run.path)
     pipeline = folder.read_pipeline()
-    size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
-    setting = (size, margin, pad)  # runs with the same crop setting share the decoded crops
-    if setting not in crops_by_setting:
-        crops_by_setting[setting] = load_crops(paths, *setting)
-    crops, matrices = crops_by_setting[setting]
     flip = folder.read_flip_permutation() if pipeline.tta.hflip else None
     if pipeline.tta.hflip and flip is None:
         raise BundleError(f"{folder.path}: the run uses flip TTA but the bundle holds no flip permutation")
-    loader = torch.utils.data.DataLoader(
-        CentreCrops(crops, pad, size),
-        batch_size=batch_size or pipeline.train.batch_size * 2,
-        shuffle=False,
-        pin_memory=device.type == "cuda",
-    )
-    inverse = invert_affine(matrices)
+    loader, inverse = crop_loader(pipeline, paths, device, batch_size, crops_by_setting)
+    pad = pipeline.input.pad
     total = np.zeros((len(paths), run.n_points, 2), np.float64)
     for fold in run.folds:
         source = root / fold.weights

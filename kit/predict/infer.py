@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from kit.config import Pipeline
 from kit.data.geometry import apply_affine, invert_affine
 from kit.data.images import load_image
 from kit.data.landmarks import point_columns
@@ -133,6 +134,27 @@ def load_crops(paths: list[Path], size: int, margin: float, pad: int) -> tuple[n
     return np.stack([c for c, _ in pairs]), np.stack([m for _, m in pairs])
 
 
+def crop_loader(
+    pipeline: Pipeline, paths: list[Path], device: torch.device, batch_size: int | None, crops_by_setting: dict
+) -> tuple[torch.utils.data.DataLoader, np.ndarray]:
+    """A run's model inputs for ``paths`` as a loader, and the matrices from crop pixels back to the images'.
+
+    Runs of one crop setting (size, margin, pad) share the decoded crops, kept in ``crops_by_setting``.
+    """
+    size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
+    setting = (size, margin, pad)
+    if setting not in crops_by_setting:
+        crops_by_setting[setting] = load_crops(paths, *setting)
+    crops, matrices = crops_by_setting[setting]
+    loader = torch.utils.data.DataLoader(
+        CentreCrops(crops, pad, size),
+        batch_size=batch_size or pipeline.train.batch_size * 2,
+        shuffle=False,
+        pin_memory=device.type == "cuda",
+    )
+    return loader, invert_affine(matrices)
+
+
 def _predict_run(
     run: RunDir,
     paths: list[Path],
@@ -145,27 +167,18 @@ def _predict_run(
     pipeline = run.read_pipeline()
     metrics = run.read_metrics()
     n_points = metrics.split.n_points
-    size, margin, pad = pipeline.input.size, pipeline.input.margin, pipeline.input.pad
-    setting = (size, margin, pad)  # runs with the same crop setting share the decoded crops
-    if setting not in crops_by_setting:
-        crops_by_setting[setting] = load_crops(paths, *setting)
-    crops, matrices = crops_by_setting[setting]
     flip = run.read_flip_permutation() if pipeline.tta.hflip else None
     if pipeline.tta.hflip and flip is None:
         raise KitError(f"{run.path}: the run uses flip TTA but holds no flip permutation (retrain or re-predict it)")
-    loader = torch.utils.data.DataLoader(
-        CentreCrops(crops, pad, size),
-        batch_size=batch_size or pipeline.train.batch_size * 2,
-        shuffle=False,
-        pin_memory=device.type == "cuda",
-    )
+    loader, inverse = crop_loader(pipeline, paths, device, batch_size, crops_by_setting)
+    pad = pipeline.input.pad
     folds = [score.fold for score in metrics.folds]
     total = np.zeros((len(paths), n_points, 2), np.float64)
     for fold in folds:
         started = time.perf_counter()
         model = load_fold_model(pipeline, run.checkpoint(fold, "best"), n_points, device)
         points = predict_points(model, loader, device, pipeline.train.amp, pipeline.train.channels_last, flip)
-        total += apply_affine(np.asarray(points, np.float64) + pad, invert_affine(matrices)).astype(np.float32)
+        total += apply_affine(np.asarray(points, np.float64) + pad, inverse).astype(np.float32)
         progress(f"{run.name} fold {fold}: {len(paths) / max(time.perf_counter() - started, 1e-9):,.0f} images/s")
         del model
     return (total / len(folds)).astype(np.float32)
